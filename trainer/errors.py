@@ -1,0 +1,34 @@
+"""The one exception type for mistakes a user can make and fix.
+
+Entry points catch it, print one message and exit with code 2; nothing else should turn it into a traceback.
+"""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem in a recipe, an override, a data file or the command line that the user can fix.
+
+    `where` names the place (a file, optionally with a line, or a dotted key); `fix` says what to do.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None, fix: str | None = None):
+        self.message = message
+        self.where = where
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.fix:
+            text += f" ({self.fix})"
+        return text
+
+
+def at(path: object, line: int | None = None, key: str | None = None) -> str:
+    """Format a location: `file:line: key` with the parts that are known."""
+    text = str(path)
+    if line is not None:
+        text += f":{line}"
+    if key:
+        text += f": {key}"
+    return text
