@@ -1,0 +1,268 @@
+"""The recipe schema: one frozen dataclass per section, each field with a one-line docstring.
+
+YAML keys are the field names. Loading, overrides, profiles and validation live in `trainer.recipe`; this
+module only says what a recipe may contain and which values make sense together (`check`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Format = Literal["alpaca", "sharegpt", "messages", "reasoning", "classification"]
+TINY = "tiny"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base: str = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+    """Base model: a hub id, a local folder, or `tiny` for the embedded offline test model."""
+    quantization: Literal["4bit", "8bit", "none"] = "4bit"
+    """How the base weights are loaded for training: 4-bit (QLoRA), 8-bit, or 16-bit (`none`)."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Compute dtype; `auto` picks bfloat16 where the GPU supports it, else float16, and float32 on a CPU."""
+    max_seq_length: int = 2048
+    """Longest training sequence in tokens (prompt plus reasoning plus answer)."""
+    backend: Literal["auto", "unsloth", "transformers"] = "auto"
+    """Training engine: `auto` uses Unsloth when a CUDA GPU and unsloth are present, else transformers + PEFT."""
+    trust_remote_code: bool = False
+    """Allow the base model's repository to run its own Python code; off unless you trust it."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    question: str = "question"
+    """Reasoning format: column holding the question."""
+    reasoning: str = "reasoning"
+    """Reasoning format: column holding the chain of thought."""
+    answer: str = "answer"
+    """Reasoning format: column holding the final answer."""
+    instruction: str = "instruction"
+    """Alpaca format: column holding the instruction."""
+    input: str = "input"
+    """Alpaca format: column holding the optional input appended to the instruction."""
+    output: str = "output"
+    """Alpaca format: column holding the response (may contain a <think> block)."""
+    conversations: str = "conversations"
+    """ShareGPT format: column holding the list of {from, value} turns."""
+    messages: str = "messages"
+    """Messages format: column holding the list of {role, content} turns."""
+    text: str = "text"
+    """Classification format: column holding the text to classify."""
+    label: str = "label"
+    """Classification format: column holding the label (an index into `labels`, or the label name)."""
+    system: str = "system"
+    """Any format: optional column with a per-row system prompt."""
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str = ""
+    """Data file (.jsonl, .json, .csv, .parquet) or a hub dataset id."""
+    format: Format = "messages"
+    """Row layout: alpaca, sharegpt, messages, reasoning (column-mapped) or classification."""
+    name: str | None = None
+    """Hub dataset configuration (subset) name, e.g. `en` for medical-o1-reasoning-SFT."""
+    split: str = "train"
+    """Split to read from a hub dataset (ignored for local files)."""
+    columns: Columns = field(default_factory=Columns)
+    """Column names for the chosen format."""
+    labels: list[str] = field(default_factory=list)
+    """Classification format: label names; integer labels index into this list."""
+    prompt: str = "{text}"
+    """Classification format: user prompt; `{text}` is replaced by the row's text."""
+    system: str | None = None
+    """System prompt put before every conversation of this source (a row's own system column wins)."""
+    max_samples: int | None = None
+    """Use at most this many rows of this source (after the seeded shuffle)."""
+
+
+@dataclass(frozen=True)
+class MixSource(Source):
+    ratio: float = 0.1
+    """Rows taken from this source per row of the main dataset, e.g. 0.2 for one general row per five."""
+
+
+@dataclass(frozen=True)
+class DataConfig(Source):
+    shuffle: bool = True
+    """Shuffle rows (seeded by train.seed) before taking samples and splitting off the eval set."""
+    val_size: float = 0.05
+    """Eval rows split off the training data: a fraction below 1, or a row count from 1 up; 0 for none."""
+    eval_path: str | None = None
+    """Separate eval data (file or hub id, read with this section's format and columns); replaces val_size."""
+    eval_split: str | None = None
+    """Hub split for the eval data, e.g. `test`; with no eval_path it reads that split of `path`."""
+    eval_max_samples: int | None = None
+    """Use at most this many eval rows."""
+    train_turns: Literal["all", "last"] = "all"
+    """Multi-turn rows: train every assistant turn (one example each) or only the last one."""
+    overlong: Literal["truncate", "drop"] = "truncate"
+    """Examples longer than model.max_seq_length: cut at the limit (losing the end) or drop them."""
+    mix: list[MixSource] = field(default_factory=list)
+    """Extra datasets mixed in by ratio, e.g. general instructions against forgetting."""
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 16
+    """LoRA rank r: the width of the low-rank update."""
+    alpha: int = 32
+    """LoRA alpha: the update is scaled by alpha / rank (alpha / sqrt(rank) with rsLoRA)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input; Unsloth is fastest at 0."""
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Linear layers that get adapters (names inside each decoder layer)."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA: scale by alpha / sqrt(rank), which keeps high ranks stable."""
+    loraplus_lr_ratio: float | None = None
+    """LoRA+: learning rate of the B matrices over that of A (e.g. 16); none for plain LoRA."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: Literal["lora", "full", "freeze"] = "lora"
+    """What is trained: LoRA adapters, every weight, or only the top `freeze_trainable_layers` layers."""
+    freeze_trainable_layers: int = 2
+    """Freeze method: number of top decoder layers left trainable."""
+    epochs: float = 1.0
+    """Passes over the training data (ignored when max_steps is set)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps; none to train for `epochs`."""
+    batch_size: int = 2
+    """Sequences per device per forward pass."""
+    gradient_accumulation: int = 4
+    """Forward passes per optimizer step; the effective batch is batch_size times this."""
+    learning_rate: float = 2e-4
+    """Peak learning rate."""
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warmup."""
+    warmup_ratio: float = 0.03
+    """Fraction of the steps spent warming the learning rate up from zero."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay of the optimizer."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm."""
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "auto"
+    """Optimizer; `auto` is 8-bit AdamW on a CUDA GPU and AdamW elsewhere."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: much less memory for some extra compute."""
+    packing: bool = False
+    """Pack several short examples into one sequence (they cannot attend to each other) for speed."""
+    seed: int = 3407
+    """Seed for shuffling, the eval split, adapter initialisation and dropout."""
+    logging_steps: int = 1
+    """Log loss, learning rate and tokens/s every this many steps."""
+    eval_steps: int | None = None
+    """Evaluate on the eval split every this many steps; none: once at the end."""
+    early_stopping_patience: int | None = None
+    """Stop when eval loss has not improved for this many evaluations (needs eval_steps); none: off."""
+    checkpoint_steps: int | None = None
+    """Save a resumable checkpoint every this many steps; none: no intermediate checkpoints."""
+    keep_checkpoints: int = 2
+    """Intermediate checkpoints kept on disk (the oldest are deleted)."""
+    tensorboard: bool = False
+    """Also write TensorBoard logs into the run folder."""
+    output_dir: str = "runs"
+    """Folder that receives one `<recipe>-<timestamp>` folder per run."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    samples: int = 50
+    """Eval rows to generate answers for (before and after)."""
+    max_new_tokens: int = 1024
+    """Longest generated reasoning plus answer, in tokens."""
+    batch_size: int = 8
+    """Prompts generated at once."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    quantizations: list[str] = field(default_factory=lambda: ["q4_k_m"])
+    """GGUF types written by `make gguf`: f16, bf16, q8_0, q4_k_m, q5_k_m or q6_k."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = ""
+    """Recipe name; defaults to the file name and names the run folders."""
+    description: str = ""
+    """One line saying what this recipe teaches the model."""
+    profile: str = "auto"
+    """Hardware profile applied on top of the recipe: a key of `profiles`, `auto` (by GPU memory) or `none`."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model and how it is loaded."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training data: where it comes from and how rows become conversations."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapter shape."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and logging."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Generation settings for `make eval`."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """GGUF export settings for `make gguf`."""
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Named sets of overrides (same keys as the recipe) for `cpu`, `4060`, `4090`, ...; one is applied."""
+
+
+def check(recipe: Recipe) -> list[tuple[str, str]]:
+    """Return (dotted key, problem) for values that are well typed but do not make sense."""
+    problems: list[tuple[str, str]] = []
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            problems.append((key, message))
+
+    m, d, lora, t = recipe.model, recipe.data, recipe.lora, recipe.train
+    need(bool(m.base.strip()), "model.base", "must name a model (a hub id, a folder or `tiny`)")
+    need(m.max_seq_length >= 16, "model.max_seq_length", f"must be at least 16, got {m.max_seq_length}")
+    need(d.val_size >= 0, "data.val_size", f"must be 0 or more, got {d.val_size}")
+    need(d.val_size < 1 or float(d.val_size).is_integer(), "data.val_size",
+         f"must be a fraction below 1 or a whole row count, got {d.val_size}")
+    for i, source in enumerate([d, *d.mix]):
+        prefix = "data" if i == 0 else f"data.mix.{i - 1}"
+        _check_source(source, prefix, need)
+        if i:
+            need(source.ratio > 0, f"{prefix}.ratio", f"must be above 0, got {source.ratio}")
+    for key in ("max_samples", "eval_max_samples"):
+        value = getattr(d, key)
+        need(value is None or value >= 1, f"data.{key}", f"must be at least 1, got {value}")
+    need(lora.rank >= 1, "lora.rank", f"must be at least 1, got {lora.rank}")
+    need(lora.alpha >= 1, "lora.alpha", f"must be at least 1, got {lora.alpha}")
+    need(0 <= lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {lora.dropout}")
+    need(bool(lora.target_modules), "lora.target_modules", "must name at least one layer")
+    need(lora.loraplus_lr_ratio is None or lora.loraplus_lr_ratio > 0, "lora.loraplus_lr_ratio",
+         "must be above 0")
+    for key in ("batch_size", "gradient_accumulation", "logging_steps", "keep_checkpoints",
+                "freeze_trainable_layers"):
+        need(getattr(t, key) >= 1, f"train.{key}", f"must be at least 1, got {getattr(t, key)}")
+    for key in ("max_steps", "eval_steps", "checkpoint_steps", "early_stopping_patience"):
+        value = getattr(t, key)
+        need(value is None or value >= 1, f"train.{key}", f"must be at least 1 or none, got {value}")
+    need(t.epochs > 0, "train.epochs", f"must be above 0, got {t.epochs}")
+    need(t.learning_rate > 0, "train.learning_rate", f"must be above 0, got {t.learning_rate}")
+    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
+    need(t.early_stopping_patience is None or t.eval_steps is not None, "train.early_stopping_patience",
+         "needs train.eval_steps: early stopping compares evaluations made during training")
+    need(t.early_stopping_patience is None or d.val_size > 0 or d.eval_path or d.eval_split,
+         "train.early_stopping_patience", "needs eval data: set data.val_size or data.eval_path")
+    need(t.method == "lora" or m.quantization == "none", "model.quantization",
+         f"train.method={t.method} updates the base weights, which cannot be 4- or 8-bit: set "
+         "model.quantization=none")
+    need(recipe.eval.samples >= 1, "eval.samples", f"must be at least 1, got {recipe.eval.samples}")
+    need(recipe.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be at least 1")
+    need(recipe.eval.batch_size >= 1, "eval.batch_size", "must be at least 1")
+    return problems
+
+
+def _check_source(source: Source, prefix: str, need) -> None:
+    need(bool(source.path.strip()), f"{prefix}.path", "must name a data file or a hub dataset id")
+    if source.format == "classification":
+        need(bool(source.labels), f"{prefix}.labels",
+             "classification needs the label names, e.g. labels: [negative, positive]")
+        need("{text}" in source.prompt, f"{prefix}.prompt", "must contain {text}, where the row's text goes")
+        need(len(set(source.labels)) == len(source.labels), f"{prefix}.labels", "has a repeated label name")
+    need(source.max_samples is None or source.max_samples >= 1, f"{prefix}.max_samples",
+         f"must be at least 1, got {source.max_samples}")
