@@ -20,13 +20,13 @@ BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 # Written out here, not taken from trainer.tiny, so a typo there cannot pass: (id, text, special) in the real
 # DeepSeek-R1-Distill-Qwen tokenizer.
 R1_ADDED = [
-    (151643, EOS, True), (151644, "<｜User｜>", True), (151645, "<｜Assistant｜>", True), (151646, BOS, True),
-    (151647, "<|EOT|>", True), (151648, "<think>", False), (151649, "</think>", False),
+    (151643, EOS, True), (151644, "<｜User｜>", False), (151645, "<｜Assistant｜>", False), (151646, BOS, True),
+    (151647, "<|EOT|>", False), (151648, "<think>", False), (151649, "</think>", False),
     (151650, "<|quad_start|>", True), (151651, "<|quad_end|>", True), (151652, "<|vision_start|>", True),
     (151653, "<|vision_end|>", True), (151654, "<|vision_pad|>", True), (151655, "<|image_pad|>", True),
     (151656, "<|video_pad|>", True), (151657, "<tool_call>", False), (151658, "</tool_call>", False),
-    (151659, "<|fim_prefix|>", True), (151660, "<|fim_middle|>", True), (151661, "<|fim_suffix|>", True),
-    (151662, "<|fim_pad|>", True), (151663, "<|repo_name|>", True), (151664, "<|file_sep|>", True),
+    (151659, "<|fim_prefix|>", False), (151660, "<|fim_middle|>", False), (151661, "<|fim_suffix|>", False),
+    (151662, "<|fim_pad|>", False), (151663, "<|repo_name|>", False), (151664, "<|file_sep|>", False),
 ]
 
 
@@ -85,10 +85,11 @@ def test_named_special_tokens(tok):
     assert tok.model_max_length == 16384
 
 
-def test_skipping_special_tokens_keeps_think(tok):
-    ids = tok.encode("<｜User｜>2+2?<｜Assistant｜><think>\nfour</think>4<｜end▁of▁sentence｜>",
+def test_skipping_special_tokens_keeps_think_and_roles(tok):
+    # As in the real tokenizer.json, only bos/eos (and Qwen2.5's vision tokens) are special.
+    ids = tok.encode("<｜begin▁of▁sentence｜><｜User｜>2+2?<｜Assistant｜><think>\nfour</think>4<｜end▁of▁sentence｜>",
                      add_special_tokens=False)
-    assert tok.decode(ids, skip_special_tokens=True) == "2+2?<think>\nfour</think>4"
+    assert tok.decode(ids, skip_special_tokens=True) == "<｜User｜>2+2?<｜Assistant｜><think>\nfour</think>4"
 
 
 def test_special_tokens_prepend_exactly_one_bos(tok):

@@ -24,7 +24,7 @@ from trainer.errors import UserError
 from trainer.template import r1_chat_template
 from trainer.vendor import llama_cpp_source
 
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"
 """Bump whenever the build below changes, so cached copies from older code are rebuilt, not trusted."""
 
 VOCAB_SIZE = 151_936  # the real checkpoints' embedding rows (padded beyond the 151,665 tokens)
@@ -32,16 +32,17 @@ N_BASE_TOKENS = 151_643  # Qwen2's byte-level BPE tokens; everything after them 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 BOS_ID, EOS_ID = 151_646, 151_643
 
-# R1-Distill-Qwen's added tokens from id 151643 on, in order, with the real tokenizer's `special` flag.
-# `<think>` and `<tool_call>` are plain added tokens there, so decoding with skip_special_tokens keeps them.
+# R1-Distill-Qwen's added tokens from id 151643 on, in order, with the real tokenizer.json's `special` flag:
+# only eos, bos and Qwen2.5's vision tokens are special there, so decoding with skip_special_tokens keeps
+# `<｜User｜>`, `<｜Assistant｜>` and `<think>` (and llama.cpp marks the same tokens as control tokens).
 ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
-    (EOS, True), ("<｜User｜>", True), ("<｜Assistant｜>", True), (BOS, True), ("<|EOT|>", True),
+    (EOS, True), ("<｜User｜>", False), ("<｜Assistant｜>", False), (BOS, True), ("<|EOT|>", False),
     ("<think>", False), ("</think>", False),
     ("<|quad_start|>", True), ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True),
     ("<|vision_pad|>", True), ("<|image_pad|>", True), ("<|video_pad|>", True),
     ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", True), ("<|fim_middle|>", True), ("<|fim_suffix|>", True), ("<|fim_pad|>", True),
-    ("<|repo_name|>", True), ("<|file_sep|>", True),
+    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
+    ("<|repo_name|>", False), ("<|file_sep|>", False),
 )
 
 # Qwen2's pre-tokenizer split (as in its tokenizer.json and llama.cpp's `qwen2` pre-tokenizer type).
