@@ -1,0 +1,146 @@
+"""`python -m trainer {train,preview,eval,chat} ...`: thin entry points, one per stage.
+
+Each command reads like its table of contents; the work is in the library modules. A `UserError` anywhere
+becomes one message on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trainer.errors import UserError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.command(args) or 0
+    except UserError as error:
+        print(f"error: {error.render()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def train_command(args) -> int:
+    from trainer.data import encode, load_conversations, save_conversations
+    from trainer.hardware import detect
+    from trainer.model import load_for_training, load_tokenizer
+    from trainer.recipe import save_resolved
+    from trainer.runs import RunLog, mark_complete, new_run_dir
+    from trainer.train import train
+
+    hardware = detect()
+    recipe = _recipe(args, hardware)
+    log = RunLog()
+    log.say(banner(recipe, hardware))
+    conversations = load_conversations(recipe)
+    tokenizer = load_tokenizer(recipe.model)
+    prepared = encode(conversations, tokenizer, recipe)
+    log.say("\n".join(prepared.report.summary()))
+    loaded = load_for_training(recipe, hardware, tokenizer)
+    run_dir = new_run_dir(recipe.train.output_dir, recipe.name)
+    log.attach(run_dir / "train.log")
+    save_resolved(recipe, run_dir / "config.yaml")
+    save_conversations(prepared.eval_conversations, run_dir / "eval_data.jsonl")
+    log.say(f"run folder: {run_dir}")
+    metrics = train(recipe, loaded, prepared, hardware, run_dir, log)
+    mark_complete(run_dir)
+    log.say(finished(run_dir, metrics))
+    return 0
+
+
+def preview_command(args) -> int:
+    from trainer.data import encode, load_conversations
+    from trainer.hardware import detect
+    from trainer.model import load_tokenizer
+    from trainer.preview import print_examples
+
+    recipe = _recipe(args, detect())
+    conversations = load_conversations(recipe)
+    tokenizer = load_tokenizer(recipe.model)
+    prepared = encode(conversations, tokenizer, recipe)
+    print_examples(prepared, tokenizer, limit=args.limit, as_json=args.json)
+    return 0
+
+
+def eval_command(args) -> int:
+    from trainer.evaluate import evaluate
+    from trainer.report import metric_table
+
+    metrics = evaluate(args.run, samples=args.samples)
+    print(metric_table(metrics))
+    print(f"\nwrote predictions.jsonl, eval_metrics.json and report.md in {metrics['run']}")
+    return 0
+
+
+def chat_command(args) -> int:
+    from trainer.chat import run_chat
+
+    return run_chat(args.run, prompt=args.prompt, base=args.base, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature)
+
+
+def banner(recipe, hardware) -> str:
+    """Says what is about to run, and loudly so when it is the offline stand-in rather than a real model."""
+    lines = [f"recipe {recipe.name}: {recipe.description}".rstrip(": "),
+             f"profile {recipe.profile} on {hardware.name if hardware.cuda else 'CPU'}; base {recipe.model.base}"]
+    if recipe.model.base == "tiny":
+        lines += ["No CUDA GPU: this run uses the embedded tiny R1-Distill-Qwen model (2 layers, width 64,",
+                  f"real tokenizer) and the bundled sample {recipe.data.path}.",
+                  "It proves the pipeline end to end in about a minute; it does not make a useful model.",
+                  "On a CUDA GPU the same command trains the recipe's real base model."] if not hardware.cuda else \
+                 ["model.base is `tiny`: the embedded test model, not a real R1-Distill checkpoint."]
+    width = max(map(len, lines))
+    return "\n".join(["=" * width, *lines, "=" * width])
+
+
+def finished(run_dir: Path, metrics: dict) -> str:
+    eval_part = f", eval loss {metrics['eval_loss']:.4f}" if metrics.get("eval_loss") is not None else ""
+    return (f"done in {metrics['train_runtime_s']:.0f} s: loss {metrics['first_loss']:.4f} -> "
+            f"{metrics['final_loss']:.4f}{eval_part}, {metrics['trained_tokens_per_s']:.0f} trained tokens/s\n"
+            f"adapter: {run_dir / 'adapter'}\nnext: make eval RUN={run_dir}  |  make chat RUN={run_dir}  |  "
+            f"make gguf RUN={run_dir}")
+
+
+def _recipe(args, hardware):
+    from trainer.recipe import find_recipe, load_recipe
+
+    return load_recipe(find_recipe(args.recipe, RECIPES_DIR), args.overrides, hardware)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer",
+                                     description="Fine-tune DeepSeek-R1-Distill models on your data.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="train a recipe and write runs/<recipe>-<time>/")
+    _recipe_args(train)
+    train.set_defaults(command=train_command)
+    preview = commands.add_parser("preview", help="show rendered training examples with the trained span")
+    _recipe_args(preview)
+    preview.add_argument("--limit", type=int, default=3, help="examples to show (default 3)")
+    preview.add_argument("--json", action="store_true", help="one JSON object per example on stdout")
+    preview.set_defaults(command=preview_command)
+    evaluate = commands.add_parser("eval", help="compare the base and the trained model on the eval rows")
+    evaluate.add_argument("run", nargs="?", default="latest", help="run folder, or `latest` (default)")
+    evaluate.add_argument("--samples", type=int, help="eval rows to use (default: the recipe's eval.samples)")
+    evaluate.set_defaults(command=eval_command)
+    chat = commands.add_parser("chat", help="chat with the trained model in the terminal")
+    chat.add_argument("run", nargs="?", default="latest", help="run folder, or `latest` (default)")
+    chat.add_argument("--prompt", help="answer this one message and exit")
+    chat.add_argument("--base", action="store_true", help="chat with the base model instead of the trained one")
+    chat.add_argument("--max-new-tokens", type=int, help="longest reply (default: the recipe's eval.max_new_tokens)")
+    chat.add_argument("--temperature", type=float, default=0.6,
+                      help="sampling temperature with top_p 0.95 (default 0.6); 0 for greedy")
+    chat.set_defaults(command=chat_command)
+    return parser
+
+
+def _recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe name (recipes/<name>.yaml) or path to a YAML file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override recipe values, e.g. train.max_steps=50 profile=4060")

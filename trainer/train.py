@@ -1,0 +1,181 @@
+"""Train with TRL's SFTTrainer on examples that `trainer.data` already rendered and masked.
+
+The same trainer set-up serves both engines (Unsloth and transformers + PEFT); this module only turns the
+recipe into `SFTConfig`, wires the progress and token counting, and writes the run folder's artifacts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+from trainer.config import Recipe
+from trainer.data import Prepared
+from trainer.hardware import Hardware
+from trainer.model import Loaded, trainable_summary
+from trainer.plots import plot_loss
+from trainer.progress import ProgressBar, TokenCounter
+from trainer.runs import ADAPTER, RunLog, write_json
+from trainer.template import Encoded
+
+
+def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware, run_dir: Path,
+          log: RunLog, resume_from: str | None = None) -> dict:
+    """Run the optimisation, evaluate, save weights, tokenizer, state, metrics and the loss curve."""
+    log.say(f"{loaded.backend}: {trainable_summary(loaded.model)}")
+    trainer, counter = build_trainer(recipe, loaded, prepared, hardware, run_dir, log)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    elapsed = time.perf_counter() - started
+    final_eval = trainer.evaluate() if prepared.eval else {}
+    save_weights(trainer, loaded, run_dir)
+    trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
+    metrics = summarize(result, final_eval, trainer.state.log_history, counter, elapsed, loaded, hardware)
+    write_json(run_dir / "metrics.json", metrics)
+    plot_loss(trainer.state.log_history, run_dir / "loss_curve.png", f"{recipe.name}: {recipe.model.base}")
+    return metrics
+
+
+def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware, run_dir: Path,
+                  log: RunLog):
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import SFTTrainer
+
+    has_eval = bool(prepared.eval)
+    args = sft_config(recipe, hardware, loaded.backend, run_dir, has_eval)
+    callbacks = []
+    if recipe.train.early_stopping_patience and has_eval:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=loaded.model, args=args, processing_class=loaded.tokenizer,
+        train_dataset=_dataset(Dataset, prepared.train),
+        eval_dataset=_dataset(Dataset, prepared.eval) if has_eval else None,
+        callbacks=callbacks, optimizers=(make_optimizer(recipe, loaded.model), None))
+    counter = TokenCounter(trainer.data_collator)
+    trainer.data_collator = counter  # counting happens where batches are built; see trainer.progress
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ProgressBar(counter, log))
+    return trainer, counter
+
+
+def sft_config(recipe: Recipe, hardware: Hardware, backend: str, run_dir: Path, has_eval: bool):
+    from trl import SFTConfig
+
+    t = recipe.train
+    evaluate_during = has_eval and t.eval_steps is not None
+    early = bool(t.early_stopping_patience) and evaluate_during
+    save_steps = t.eval_steps if early else t.checkpoint_steps
+    if t.tensorboard:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    precision = _precision(recipe, hardware)
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation,
+        num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        optim=_optimizer_name(t.optimizer, hardware),
+        seed=t.seed, data_seed=t.seed,
+        logging_steps=t.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if evaluate_during else "no", eval_steps=t.eval_steps if evaluate_during else None,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps,
+        save_total_limit=t.keep_checkpoints, save_only_model=False,
+        load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        report_to=["tensorboard"] if t.tensorboard else "none",
+        bf16=precision == "bf16", fp16=precision == "fp16",
+        # Unsloth applies its own (offloaded) checkpointing inside the model; asking the Trainer too would
+        # checkpoint twice.
+        gradient_checkpointing=t.gradient_checkpointing and backend == "transformers",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        max_length=recipe.model.max_seq_length, packing=t.packing,
+        dataset_num_proc=None, disable_tqdm=True, use_cpu=not hardware.cuda,
+        dataloader_pin_memory=hardware.cuda,
+    )
+
+
+def make_optimizer(recipe: Recipe, model):
+    """LoRA+ needs its own optimizer (two learning rates); everything else lets the Trainer build one."""
+    ratio = recipe.lora.loraplus_lr_ratio
+    if ratio is None or recipe.train.method != "lora":
+        return None
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model=model, optimizer_cls=torch.optim.AdamW,
+                                     lr=recipe.train.learning_rate, loraplus_lr_ratio=ratio,
+                                     weight_decay=recipe.train.weight_decay)
+
+
+def save_weights(trainer, loaded: Loaded, run_dir: Path) -> Path:
+    """Adapter (or full model) and tokenizer into `adapter/`, written aside and renamed when complete."""
+    final, tmp = run_dir / ADAPTER, run_dir / f".{ADAPTER}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+    loaded.tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def summarize(result, final_eval: dict, history: list[dict], counter: TokenCounter, elapsed: float,
+              loaded: Loaded, hardware: Hardware) -> dict:
+    losses = [h["loss"] for h in history if "loss" in h]
+    metrics = {
+        "backend": loaded.backend, "device": hardware.name,
+        "steps": result.global_step, "train_runtime_s": round(elapsed, 2),
+        "train_loss_mean": round(result.training_loss, 6),
+        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+        "eval_loss": final_eval.get("eval_loss"),
+        "eval_perplexity": _perplexity(final_eval.get("eval_loss")),
+        "trained_tokens": counter.trained, "input_tokens": counter.tokens,
+        "trained_tokens_per_s": round(counter.trained / max(elapsed, 1e-9), 1),
+        "tokens_per_s": round(counter.tokens / max(elapsed, 1e-9), 1),
+    }
+    if hardware.cuda:
+        import torch
+
+        metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return metrics
+
+
+def _dataset(dataset_cls, examples: list[Encoded]):
+    return dataset_cls.from_dict({"input_ids": [e.input_ids for e in examples],
+                                  "labels": [e.labels for e in examples]})
+
+
+def _precision(recipe: Recipe, hardware: Hardware) -> str:
+    if not hardware.cuda:
+        return "fp32"
+    from trainer.model import torch_dtype
+
+    dtype = str(torch_dtype(recipe.model, hardware))
+    return "bf16" if "bfloat16" in dtype else "fp16" if "float16" in dtype else "fp32"
+
+
+def _optimizer_name(choice: str, hardware: Hardware) -> str:
+    if choice != "auto":
+        return choice
+    if hardware.cuda and importlib.util.find_spec("bitsandbytes") is not None:
+        return "adamw_8bit"
+    return "adamw_torch"
+
+
+def _perplexity(loss: float | None) -> float | None:
+    if loss is None:
+        return None
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def describe(recipe: Recipe) -> str:
+    """The resolved recipe as JSON, for the log."""
+    return json.dumps(dataclasses.asdict(recipe), ensure_ascii=False)
