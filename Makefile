@@ -1,0 +1,60 @@
+# Fine-tune DeepSeek-R1-Distill on your data. Every target sets up .venv first when needed.
+#   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."]
+#   make preview RECIPE=news          make eval / chat / gguf [RUN=runs/<run>]          make test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RECIPE ?= medical
+GPU ?= auto
+RUN ?= latest
+ARGS ?=
+QUANT ?=
+N ?=
+
+comma := ,
+CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+EXTRAS := dev$(if $(CUDA),$(comma)gpu)
+
+.PHONY: setup setup-export train preview eval chat gguf chat-gguf test bench clean
+
+setup: $(VENV)/.core
+setup-export: $(VENV)/.export
+
+$(VENV)/.core: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+# llama-cpp-python compiles llama.cpp (several minutes, once); only export and its tests need it.
+$(VENV)/.export: $(VENV)/.core
+	CMAKE_ARGS="-DGGML_NATIVE=OFF $(CMAKE_ARGS)" $(PY) -m pip install --quiet -e ".[export]"
+	touch $@
+
+train: setup
+	$(PY) -m trainer train $(RECIPE) profile=$(GPU) $(ARGS)
+
+preview: setup
+	$(PY) -m trainer preview $(RECIPE) profile=$(GPU) $(ARGS)
+
+eval: setup
+	$(PY) -m trainer eval $(RUN) $(if $(N),--samples $(N)) $(ARGS)
+
+chat: setup
+	$(PY) -m trainer chat $(RUN) $(ARGS)
+
+gguf: setup-export
+	$(PY) -m export gguf $(RUN) $(if $(QUANT),--quant $(QUANT)) $(ARGS)
+
+chat-gguf: setup-export
+	$(PY) -m export chat $(RUN) $(ARGS)
+
+test: setup setup-export
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache
