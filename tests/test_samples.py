@@ -22,7 +22,7 @@ KEYS = {
     "imdb": ["text", "label"],
     "alpaca": ["instruction", "input", "output"],
 }
-THINK = re.compile(r"<think>\n标题提到(.+?)，属于(.+?)。\n</think>\n\n(.+)", re.S)
+THINK = re.compile(r"<think>\n(.+?)，所以属于(.+?)。\n</think>\n\n(.+)", re.S)
 
 
 def load(name: str) -> list[dict]:
@@ -71,20 +71,24 @@ def test_news_classes_are_balanced_and_answers_are_the_class_alone():
         assert human["value"].startswith("新闻分类:")
         match = THINK.fullmatch(gpt["value"])
         assert match, gpt["value"]
-        keyword, reasoned_class, answer = match.groups()
-        assert answer == reasoned_class
+        rationale, reasoned_class, answer = match.groups()
+        assert answer == reasoned_class and rationale == samples.NEWS_RATIONALES[answer]
         counts[answer] += 1
     assert counts == {cls: 40 for cls in samples.NEWS_CLASSES}
 
 
-def test_news_reasoning_names_the_one_keyword_in_its_headline():
+def test_news_headline_holds_exactly_one_keyword_of_its_class():
     keyword_class = {kw: cls for cls, kws in samples.NEWS_KEYWORDS.items() for kw in kws}
     for row in load("news"):
         headline = row["conversations"][0]["value"].removeprefix("新闻分类:")
-        keyword, cls, _ = THINK.fullmatch(row["conversations"][1]["value"]).groups()
-        assert keyword in headline
-        assert keyword_class[keyword] == cls
-        assert [kw for kw in keyword_class if kw in headline] == [keyword], headline
+        _, cls, _ = THINK.fullmatch(row["conversations"][1]["value"]).groups()
+        found = [kw for kw in keyword_class if kw in headline]
+        assert len(found) == 1 and keyword_class[found[0]] == cls, headline
+
+
+def test_news_rationales_are_distinct_per_class():
+    assert set(samples.NEWS_RATIONALES) == set(samples.NEWS_CLASSES)
+    assert len(set(samples.NEWS_RATIONALES.values())) == len(samples.NEWS_CLASSES)
 
 
 def test_news_keywords_are_unique_to_their_class():

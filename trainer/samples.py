@@ -135,6 +135,17 @@ NEWS_KEYWORDS = {
     "社会": ("交通事故", "见义勇为", "社区养老", "失物招领", "邻里纠纷"),
 }
 
+# The reasoning names the class's domain first, then the class: the model has to recognise the keyword in the
+# headline, not copy it verbatim. Copying arbitrary multi-token keywords through a 64-wide, 2-layer model with
+# untied embeddings is beyond what LoRA can learn in a CPU minute; classifying them is not.
+NEWS_RATIONALES = {
+    "政治": "标题涉及政府、会议和政策制定", "经济": "标题涉及市场、金融和贸易",
+    "科技": "标题涉及科学研究和技术突破", "娱乐": "标题涉及影视、综艺和明星",
+    "体育": "标题涉及体育比赛和运动员", "教育": "标题涉及学校、考试和招生",
+    "健康": "标题涉及疾病预防和身体保健", "国际": "标题涉及其他国家和国际组织",
+    "国内": "标题涉及国内的交通和建设", "社会": "标题涉及社会事件和日常生活",
+}
+
 # Filler carries no class signal: every class uses every template equally often.
 _NEWS_TEMPLATES = (
     "今日{kw}引发广泛关注",
@@ -149,8 +160,8 @@ _NEWS_TEMPLATES = (
 
 
 def _news_row(cls: str, kw: str, template: str) -> dict:
-    """One sharegpt conversation: the headline prompt and a think block naming the keyword, then the class."""
-    answer = f"<think>\n标题提到{kw}，属于{cls}。\n</think>\n\n{cls}"
+    """One sharegpt conversation: the headline prompt and a think block naming the domain, then the class."""
+    answer = f"<think>\n{NEWS_RATIONALES[cls]}，所以属于{cls}。\n</think>\n\n{cls}"
     return {"conversations": [
         {"from": "human", "value": "新闻分类:" + template.format(kw=kw)},
         {"from": "gpt", "value": answer},
