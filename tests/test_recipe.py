@@ -22,6 +22,7 @@ CPU, RTX4060, RTX4090, H100 = (Hardware(False), Hardware(True, "RTX 4060", 7.6),
 
 
 def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    (tmp_path / "x.jsonl").write_text("{}\n", encoding="utf-8")  # the data file the recipes name
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
@@ -186,6 +187,12 @@ def _dataclasses(cls, seen=None) -> list[type]:
             if dataclasses.is_dataclass(candidate):
                 _dataclasses(candidate, seen)
     return seen
+
+
+def test_missing_local_data_file_is_reported_with_its_line(tmp_path):
+    path = write(tmp_path, "model: {base: tiny, quantization: none}\ndata:\n  path: data/none.jsonl\n")
+    with pytest.raises(ConfigError, match=rf"{path}:3: data.path: file not found: data/none.jsonl"):
+        load_recipe(path, [], CPU)
 
 
 def test_schema_check_accepts_the_defaults_with_a_path():

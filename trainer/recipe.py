@@ -19,7 +19,8 @@ import yaml
 from trainer import config as schema
 from trainer.config import Recipe
 from trainer.errors import UserError
-from trainer.hardware import Hardware, pick_profile
+from trainer.hardware import Hardware, ProfileChoice, pick_profile
+from trainer.sources import looks_local, read_utf8
 
 RESOLVED_NAME = "config.yaml"
 
@@ -29,8 +30,10 @@ class ConfigError(UserError):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        head = "1 problem" if len(problems) == 1 else f"{len(problems)} problems"
-        super().__init__(f"recipe has {head}:\n  " + "\n  ".join(problems))
+        if len(problems) == 1:  # one problem, one line
+            super().__init__(problems[0])
+        else:
+            super().__init__(f"recipe has {len(problems)} problems:\n  " + "\n  ".join(problems))
 
     def render(self) -> str:
         return self.message
@@ -61,7 +64,11 @@ def load_recipe(path: Path, overrides: Sequence[str] = (), hardware: Hardware | 
     requested = next((v for k, v in reversed(pairs) if k == "profile"), raw.get("profile", "auto"))
     profiles = raw.get("profiles") or {}
     problems: list[str] = []
-    chosen = pick_profile(str(requested), list(profiles) if isinstance(profiles, dict) else [], hardware)
+    try:
+        chosen = pick_profile(str(requested), list(profiles) if isinstance(profiles, dict) else [], hardware)
+    except UserError as error:
+        problems.append(f"{origin.where(('profile',))}: profile: {error.message} ({error.fix})")
+        chosen = ProfileChoice(None, "unknown")
     for name, body in profiles.items() if isinstance(profiles, dict) else []:
         if isinstance(body, dict) and name != chosen.name:  # typos in a profile not chosen are errors too
             _build(Recipe, body, ("profiles", str(name)), origin, problems, partial=True)
@@ -76,6 +83,7 @@ def load_recipe(path: Path, overrides: Sequence[str] = (), hardware: Hardware | 
         _set(merged, key, value)
     merged["profile"] = chosen.name or "none"
     _anchor_paths(merged, origin, path.parent)
+    problems += _missing_files(merged, origin)
     recipe = _build(Recipe, merged, (), origin, problems)
     if recipe is not None:  # values that failed their type check were left at defaults: skip those keys
         problems += [f"{origin.where(tuple(k.split('.')))}: {k}: {msg}" for k, msg in schema.check(recipe)
@@ -110,11 +118,9 @@ def save_resolved(recipe: Recipe, path: Path) -> None:
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """Parse a YAML mapping and remember the line of every key, for error messages."""
+    text = read_utf8(Path(path))
     try:
-        text = Path(path).read_text(encoding="utf-8")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except UnicodeDecodeError as exc:
-        raise UserError(f"not UTF-8 text (byte {exc.start})", where=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -185,6 +191,18 @@ def _anchor_paths(tree: dict, origin: _Origins, recipe_dir: Path) -> None:
         candidate = (base / value).expanduser()
         if candidate.exists():
             holder[key[-1]] = str(candidate.resolve())
+
+
+def _missing_files(tree: dict, origin: _Origins) -> list[str]:
+    """Local data paths that do not exist, caught while the recipe line is still known."""
+    data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+    mix = data.get("mix") if isinstance(data.get("mix"), list) else []
+    keyed = [(("data", "path"), data.get("path")), (("data", "eval_path"), data.get("eval_path"))]
+    keyed += [(("data", "mix", str(i), "path"), m.get("path")) for i, m in enumerate(mix) if isinstance(m, dict)]
+    return [f"{origin.where(key)}: {'.'.join(key)}: file not found: {value} (relative paths are read from the "
+            f"recipe's folder, or from the working directory on the command line)"
+            for key, value in keyed
+            if isinstance(value, str) and value and looks_local(value) and not Path(value).expanduser().exists()]
 
 
 def _record_lines(node: yaml.Node, prefix: tuple[str, ...], lines: dict) -> None:

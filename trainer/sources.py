@@ -29,7 +29,7 @@ def read_rows(path: str, *, name: str | None = None, split: str = "train", key: 
     local = Path(path).expanduser()
     if local.is_file():
         rows = _read_local(local)
-    elif local.is_dir() or _looks_local(path):
+    elif local.is_dir() or looks_local(path):
         raise UserError("file not found", where=f"{key}={path}",
                         fix=f"give an existing {', '.join(LOCAL_SUFFIXES)} file or a hub dataset id")
     else:
@@ -39,7 +39,8 @@ def read_rows(path: str, *, name: str | None = None, split: str = "train", key: 
     return rows
 
 
-def _looks_local(path: str) -> bool:
+def looks_local(path: str) -> bool:
+    """A path rather than a hub id (`org/name`): it has a suffix, a leading ./ / ~, or not exactly one slash."""
     return path.startswith((".", "/", "~")) or Path(path).suffix != "" or path.count("/") != 1
 
 
@@ -52,7 +53,8 @@ def _read_local(path: Path) -> list[Row]:
     return reader(path)
 
 
-def _decode(path: Path) -> str:
+def read_utf8(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 is reported with its line."""
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -64,7 +66,7 @@ def _decode(path: Path) -> str:
 
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    for number, line in enumerate(_decode(path).splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -80,7 +82,7 @@ def _read_jsonl(path: Path) -> list[Row]:
 
 def _read_json(path: Path) -> list[Row]:
     try:
-        value = json.loads(_decode(path))
+        value = json.loads(read_utf8(path))
     except json.JSONDecodeError as exc:
         raise UserError(f"malformed JSON: {exc.msg} (column {exc.colno})", where=f"{path}:{exc.lineno}") from None
     if isinstance(value, dict) and isinstance(value.get("data"), list):
@@ -97,7 +99,7 @@ def _read_json(path: Path) -> list[Row]:
 
 
 def _read_csv(path: Path) -> list[Row]:
-    reader = csv.DictReader(io.StringIO(_decode(path), newline=""))
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
     rows = []
     for record in reader:
         if None in record:
