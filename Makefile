@@ -1,5 +1,5 @@
 # Fine-tune DeepSeek-R1-Distill on your data. Every target sets up .venv first when needed.
-#   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."]
+#   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."] [RESUME=1]
 #   make preview RECIPE=news          make eval / chat / gguf [RUN=runs/<run>]          make test
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -33,7 +33,7 @@ $(VENV)/.export: $(VENV)/.core
 	touch $@
 
 train: setup
-	$(PY) -m trainer train $(RECIPE) profile=$(GPU) $(ARGS)
+	$(PY) -m trainer train $(RECIPE) profile=$(GPU) $(if $(RESUME),--resume) $(ARGS)
 
 preview: setup
 	$(PY) -m trainer preview $(RECIPE) profile=$(GPU) $(ARGS)

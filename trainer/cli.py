@@ -36,6 +36,7 @@ def train_command(args) -> int:
 
     hardware = detect()
     recipe = _recipe(args, hardware)
+    resume_dir, checkpoint = resumable(recipe) if args.resume else (None, None)
     log = RunLog()
     log.say(banner(recipe, hardware))
     conversations = load_conversations(recipe)
@@ -43,15 +44,46 @@ def train_command(args) -> int:
     prepared = encode(conversations, tokenizer, recipe)
     log.say("\n".join(prepared.report.summary()))
     loaded = load_for_training(recipe, hardware, tokenizer)
-    run_dir = new_run_dir(recipe.train.output_dir, recipe.name)
+    run_dir = resume_dir or new_run_dir(recipe.train.output_dir, recipe.name)
     log.attach(run_dir / "train.log")
     save_resolved(recipe, run_dir / "config.yaml")
     save_conversations(prepared.eval_conversations, run_dir / "eval_data.jsonl")
-    log.say(f"run folder: {run_dir}")
-    metrics = train(recipe, loaded, prepared, hardware, run_dir, log)
+    log.say(f"resuming {run_dir} from {checkpoint}" if checkpoint else f"run folder: {run_dir}")
+    metrics = train(recipe, loaded, prepared, hardware, run_dir, log, resume_from=checkpoint)
     mark_complete(run_dir)
     log.say(finished(run_dir, metrics))
     return 0
+
+
+def resumable(recipe) -> tuple[Path, str]:
+    """The newest unfinished run of this recipe that has a checkpoint, and that checkpoint."""
+    from trainer.recipe import load_resolved
+    from trainer.runs import latest_checkpoint, latest_run
+
+    run_dir = latest_run(recipe.train.output_dir, recipe.name, complete=False, with_checkpoint=True)
+    if run_dir is None:
+        raise UserError(f"nothing to resume: no unfinished run of '{recipe.name}' with a checkpoint",
+                        where=recipe.train.output_dir,
+                        fix="checkpoints are written every train.checkpoint_steps; train without RESUME=1")
+    saved = load_resolved(run_dir)
+    changed = _differences(saved, recipe)
+    if changed:
+        raise UserError(f"the recipe differs from the one {run_dir} was started with: {', '.join(changed)}",
+                        where="RESUME=1", fix="resume with the same recipe and overrides, or start a new run")
+    return run_dir, str(latest_checkpoint(run_dir))
+
+
+def _differences(saved, current) -> list[str]:
+    import dataclasses
+
+    def flat(value, prefix=""):
+        if dataclasses.is_dataclass(value):
+            return {k: v for f in dataclasses.fields(value) if f.name != "profiles"
+                    for k, v in flat(getattr(value, f.name), f"{prefix}{f.name}.").items()}
+        return {prefix.rstrip("."): value}
+
+    old, new = flat(saved), flat(current)
+    return [f"{key} (was {old[key]!r}, now {new[key]!r})" for key in old if old[key] != new.get(key)]
 
 
 def preview_command(args) -> int:
@@ -119,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     train = commands.add_parser("train", help="train a recipe and write runs/<recipe>-<time>/")
     _recipe_args(train)
+    train.add_argument("--resume", action="store_true",
+                       help="continue the newest unfinished run of this recipe from its last checkpoint")
     train.set_defaults(command=train_command)
     preview = commands.add_parser("preview", help="show rendered training examples with the trained span")
     _recipe_args(preview)

@@ -215,6 +215,8 @@ def load_for_inference(recipe: Recipe, hardware: Hardware, weights: Path | None 
     """The base model, or the trained one when `weights` is a run's `adapter/` folder, ready to generate."""
     backend = choose_backend(recipe.model, hardware)
     full = weights is not None and not (Path(weights) / "adapter_config.json").is_file()
+    if weights is not None:
+        _require_safetensors(Path(weights), "adapter_model.safetensors" if not full else "*.safetensors")
     source = str(weights) if full else base_path(recipe.model)
     if backend == "unsloth":
         from unsloth import FastLanguageModel
@@ -231,9 +233,18 @@ def load_for_inference(recipe: Recipe, hardware: Hardware, weights: Path | None 
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(weights))
+            if recipe.model.quantization == "none" or not hardware.cuda:
+                model = model.merge_and_unload()  # same outputs, and generation runs at the base model's speed
         model.eval()
     tokenizer = load_tokenizer(recipe.model) if weights is None else _run_tokenizer(weights)
     return Loaded(model, tokenizer, backend)
+
+
+def _require_safetensors(folder: Path, pattern: str) -> None:
+    """Weights are only ever read from safetensors: a pickle (.bin/.pt) can run code when loaded."""
+    if not list(folder.glob(pattern)):
+        raise UserError(f"no {pattern} here; only safetensors weights are loaded", where=str(folder),
+                        fix="re-save the weights with safe_serialization=True")
 
 
 def _run_tokenizer(weights: Path):

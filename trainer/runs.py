@@ -42,10 +42,17 @@ def write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -71,12 +78,22 @@ def require_complete(run_dir: str | Path) -> Path:
     return path
 
 
-def latest_run(output_dir: str | Path, recipe_name: str, complete: bool | None = None) -> Path | None:
-    """The newest run folder of a recipe (optionally only finished or only unfinished ones)."""
+def latest_run(output_dir: str | Path, recipe_name: str, complete: bool | None = None,
+               with_checkpoint: bool = False) -> Path | None:
+    """The newest run folder of a recipe (optionally only finished or unfinished ones, or with a checkpoint)."""
     candidates = sorted(p for p in Path(output_dir).glob(f"{recipe_name}-*") if p.is_dir())
     if complete is not None:
         candidates = [p for p in candidates if is_complete(p) == complete]
+    if with_checkpoint:
+        candidates = [p for p in candidates if latest_checkpoint(p) is not None]
     return candidates[-1] if candidates else None
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The highest-step `checkpoints/checkpoint-N` that the trainer finished writing."""
+    found = [p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*")
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
 class RunLog:

@@ -14,13 +14,16 @@ import shutil
 import time
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from trainer.config import Recipe
 from trainer.data import Prepared
+from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.model import Loaded, trainable_summary
 from trainer.plots import plot_loss
 from trainer.progress import ProgressBar, TokenCounter
-from trainer.runs import ADAPTER, RunLog, write_json
+from trainer.runs import ADAPTER, RunLog, latest_checkpoint, write_json
 from trainer.template import Encoded
 
 
@@ -29,8 +32,16 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
     """Run the optimisation, evaluate, save weights, tokenizer, state, metrics and the loss curve."""
     log.say(f"{loaded.backend}: {trainable_summary(loaded.model)}")
     trainer, counter = build_trainer(recipe, loaded, prepared, hardware, run_dir, log)
+    guard = NonFiniteGuard()
+    trainer.add_callback(guard)
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+            raise out_of_memory(recipe) from None
+        raise
+    guard.raise_if_tripped(run_dir)
     elapsed = time.perf_counter() - started
     final_eval = trainer.evaluate() if prepared.eval else {}
     save_weights(trainer, loaded, run_dir)
@@ -39,6 +50,46 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
     write_json(run_dir / "metrics.json", metrics)
     plot_loss(trainer.state.log_history, run_dir / "loss_curve.png", f"{recipe.name}: {recipe.model.base}")
     return metrics
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops at the first NaN or infinite loss or gradient norm, before that step can be checkpointed."""
+
+    def __init__(self):
+        self.step: int | None = None
+        self.what = ""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, float) and not math.isfinite(value) and self.step is None:
+                self.step, self.what = state.global_step, f"{key} is {value}"
+        if self.step is not None:
+            control.should_training_stop = True
+            control.should_save = False
+
+    def raise_if_tripped(self, run_dir: Path) -> None:
+        if self.step is None:
+            return
+        checkpoint = latest_checkpoint(run_dir)
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+        raise UserError(f"training stopped at step {self.step}: {self.what}; {kept}", where=str(run_dir),
+                        fix="lower train.learning_rate or raise train.warmup_ratio, check the data, then train "
+                            "again (RESUME=1 continues from the checkpoint)")
+
+
+def out_of_memory(recipe: Recipe) -> UserError:
+    """One message with the knobs of this recipe that cut GPU memory, instead of a CUDA traceback."""
+    t, m = recipe.train, recipe.model
+    knobs = [f"train.batch_size={max(1, t.batch_size // 2)} train.gradient_accumulation="
+             f"{t.gradient_accumulation * 2} (same effective batch)" if t.batch_size > 1 else None,
+             f"model.max_seq_length={m.max_seq_length // 2}" if m.max_seq_length > 512 else None,
+             "model.quantization=4bit" if m.quantization != "4bit" and t.method == "lora" else None,
+             "train.gradient_checkpointing=true" if not t.gradient_checkpointing else None,
+             "GPU=4060 (the 8 GB profile)" if recipe.profile != "4060" else None]
+    return UserError(f"CUDA ran out of memory (profile {recipe.profile}, batch {t.batch_size}, "
+                     f"max_seq_length {m.max_seq_length}, {m.quantization})", where="train",
+                     fix="try " + "; or ".join(k for k in knobs if k))
 
 
 def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware, run_dir: Path,
@@ -86,6 +137,7 @@ def sft_config(recipe: Recipe, hardware: Hardware, backend: str, run_dir: Path, 
         optim=_optimizer_name(t.optimizer, hardware),
         seed=t.seed, data_seed=t.seed,
         logging_steps=t.logging_steps, logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN must reach NonFiniteGuard, not be averaged away
         eval_strategy="steps" if evaluate_during else "no", eval_steps=t.eval_steps if evaluate_during else None,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps,
         save_total_limit=t.keep_checkpoints, save_only_model=False,
