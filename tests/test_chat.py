@@ -1,0 +1,185 @@
+"""`python -m trainer chat`: streaming split of reasoning and answer, history, commands, and a real tiny run."""
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import pytest
+
+from trainer import chat
+from trainer.cli import main
+from trainer.config import ModelConfig
+from trainer.metrics import split_reasoning
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One finished tiny run (two steps are enough to have an adapter), shared by this module."""
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["train", "news", "profile=cpu", f"train.output_dir={root}", "train.max_steps=2",
+                 "train.batch_size=4", "train.eval_steps=null", "data.val_size=4"]) == 0
+    (run,) = [p for p in root.iterdir() if p.is_dir()]
+    return run
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from trainer.model import load_tokenizer
+
+    return load_tokenizer(ModelConfig(base="tiny"))
+
+
+class Scripted:
+    """A stand-in model: records every prompt and streams the next scripted completion in small pieces."""
+
+    def __init__(self, replies: list[str]):
+        self.replies, self.prompts = list(replies), []
+
+    def __call__(self, prompt: str):
+        self.prompts.append(prompt)
+        text = self.replies.pop(0)
+        return [text[i:i + 3] for i in range(0, len(text), 3)]
+
+
+# ---- splitting a stream ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "reason one\n</think>\n\nanswer one",
+    "<think>\nechoed tag\n</think>\n\nA",
+    "no closer at all, cut by the token limit  ",
+    "r</think>",
+    "</think>\n\nanswer without reasoning",
+    "first</think> a </think> b",
+    "multi\n\nline   \n</think>\n\n  padded answer \n",
+])
+def test_stream_split_matches_split_reasoning_for_any_chunking(text):
+    expected = split_reasoning(text)
+    rng = random.Random(0)
+    for _ in range(40):
+        cuts = sorted(rng.sample(range(1, len(text)), k=min(len(text) - 1, rng.randint(0, 6))))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        splitter, parts = chat.ThinkSplitter(), {"reasoning": "", "answer": ""}
+        for piece in pieces:
+            for kind, chunk in splitter.feed(piece):
+                parts[kind] += chunk
+        for kind, chunk in splitter.finish():
+            parts[kind] += chunk
+        assert (parts["reasoning"], parts["answer"].strip(), splitter.closed) == \
+            (expected.reasoning, expected.answer, expected.closed), pieces
+
+
+def test_printer_frames_plain_output_and_dims_on_a_terminal():
+    plain = io.StringIO()
+    printer = chat.Printer(plain, color=False)
+    printer.write("reasoning", "think")
+    printer.write("answer", "42")
+    printer.end(closed=True)
+    assert plain.getvalue() == "[thinking] think\n[answer] 42\n"
+    tty = io.StringIO()
+    printer = chat.Printer(tty, color=True)
+    printer.write("reasoning", "think")
+    printer.write("answer", "42")
+    printer.end(closed=True)
+    assert tty.getvalue() == f"{chat.DIM}think{chat.RESET}\n\n42\n"
+    cut = io.StringIO()
+    printer = chat.Printer(cut, color=False)
+    printer.write("reasoning", "never done")
+    printer.end(closed=False)
+    assert cut.getvalue().startswith("[thinking] never done\n[no answer")
+
+
+# ---- history and commands --------------------------------------------------------------------------------------
+
+def test_history_handed_to_the_template_drops_earlier_reasoning(tokenizer, monkeypatch):
+    seen: list[list] = []
+    real = chat.prompt_text
+    monkeypatch.setattr(chat, "prompt_text", lambda history, tok: seen.append(list(history)) or real(history, tok))
+    model = Scripted(["SECRET-ONE\n</think>\n\nanswer one", "SECRET-TWO</think>\n\nanswer two"])
+    session = chat.ChatSession(model, tokenizer)
+    out = io.StringIO()
+    assert session.ask("first question", chat.Printer(out, color=False)) == ("SECRET-ONE", "answer one")
+    assert session.ask("second question", chat.Printer(out, color=False)) == ("SECRET-TWO", "answer two")
+    assert out.getvalue() == ("[thinking] SECRET-ONE\n[answer] answer one\n"
+                              "[thinking] SECRET-TWO\n[answer] answer two\n")
+    second = seen[1]
+    assert [(m.role, m.content, m.reasoning) for m in second] == [
+        ("user", "first question", None), ("assistant", "answer one", None), ("user", "second question", None)]
+    assert "answer one" in model.prompts[1] and "SECRET-ONE" not in model.prompts[1]
+    assert model.prompts[1].endswith("<｜Assistant｜><think>\n")
+    assert [m.reasoning for m in session.history] == [None] * 4
+
+
+def test_reset_and_exit_from_a_scripted_stdin(tokenizer):
+    model = Scripted(["r</think>\n\nhello back", "r</think>\n\nagain back", "unused"])
+    session = chat.ChatSession(model, tokenizer)
+    stdin = io.StringIO("hello\n/reset\n\nagain\n/exit\nnever asked\n")
+    out = io.StringIO()
+    assert chat.repl(session, stdin, out, color=False) == 0
+    assert len(model.prompts) == 2 and "hello" not in model.prompts[1]  # /reset cleared the first turn
+    assert "[history cleared]" in out.getvalue() and "never asked" not in out.getvalue()
+    assert [m.content for m in session.history] == ["again", "again back"]
+    # End of input (Ctrl-D) ends the chat just as /exit does.
+    model = Scripted(["r</think>\n\nok"])
+    assert chat.repl(chat.ChatSession(model, tokenizer), io.StringIO("only line\n"), io.StringIO(), False) == 0
+    assert len(model.prompts) == 1
+
+
+def test_ctrl_c_while_writing_stops_the_reply_and_keeps_no_turn(tokenizer):
+    class Interrupted:
+        stopped = False
+
+        def __iter__(self):
+            yield "half a thought"
+            raise KeyboardInterrupt
+
+        def stop(self):
+            self.stopped = True
+
+    generation = Interrupted()
+    session = chat.ChatSession(lambda prompt: generation, tokenizer)
+    out = io.StringIO()
+    assert session.ask("question", chat.Printer(out, color=False)) is None
+    assert generation.stopped and session.history == []
+    assert out.getvalue().endswith("[stopped]\n")
+
+
+# ---- the real command on a tiny run ----------------------------------------------------------------------------
+
+def test_prompt_mode_streams_reasoning_and_answer_apart(tiny_run, capsys):
+    from trainer.formats import Message
+    from trainer.generate import generate
+    from trainer.hardware import detect
+    from trainer.model import load_for_inference
+    from trainer.recipe import load_resolved
+
+    question = "新闻分类:今日股市大涨"
+    argv = ["chat", str(tiny_run), "--prompt", question, "--temperature", "0", "--max-new-tokens", "24"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    loaded = load_for_inference(load_resolved(tiny_run), detect(), tiny_run / "adapter")
+    (completion,) = generate(loaded.model, loaded.tokenizer, [[Message("user", question)]], 24)
+    expected = split_reasoning(completion)  # greedy: the streamed reply is the batch reply
+    running = chat.Generation(loaded.model, loaded.tokenizer, "<｜User｜>hi<｜Assistant｜><think>\n", 10_000, 0.0)
+    next(iter(running))
+    running.stop()  # what Ctrl-C does: the worker thread ends long before 10,000 tokens
+    assert not running.thread.is_alive()
+    frame = f"[thinking] {expected.reasoning}" if expected.reasoning else "[thinking]"
+    if expected.closed:
+        assert out == f"{frame}\n[answer] {expected.answer}\n"
+    else:
+        assert out == f"{frame}\n[no answer: the reasoning reached the token limit (--max-new-tokens)]\n"
+
+
+def test_chat_command_with_scripted_stdin(tiny_run, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("你好\n/reset\n再见\n/exit\n"))
+    assert main(["chat", str(tiny_run), "--base", "--temperature", "0", "--max-new-tokens", "4"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("[thinking]") == 2 and "[history cleared]" in captured.out
+    assert "you> 你好" in captured.out and "base model tiny" in captured.err
+
+
+def test_chat_refuses_an_unfinished_run(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["chat", str(tmp_path / "run"), "--prompt", "hi"]) == 2
+    assert "did not finish" in capsys.readouterr().err

@@ -1,0 +1,175 @@
+"""`report.md` of an evaluated run: the before/after table, the training summary and answers side by side.
+
+Markdown only, so it reads the same in a terminal, on GitHub and in an editor; the loss curve is linked,
+not embedded, and sits next to the report in the run folder.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from trainer.config import Recipe
+
+# (key in eval_metrics.json, label, kind, which way is better: +1 higher, -1 lower, 0 neither)
+ROWS = (
+    ("accuracy", "accuracy (exact match)", "rate", 1),
+    ("rouge-1", "ROUGE-1", "score", 1),
+    ("rouge-2", "ROUGE-2", "score", 1),
+    ("rouge-l", "ROUGE-L", "score", 1),
+    ("bleu-4", "BLEU-4", "score", 1),
+    ("eval_loss", "eval loss", "loss", -1),
+    ("perplexity", "perplexity", "ppl", -1),
+    ("think_format_rate", "think format ok", "rate", 1),
+    ("reasoning_tokens", "reasoning length (tokens)", "length", 0),
+    ("answer_tokens", "answer length (tokens)", "length", 0),
+)
+SIDE_BY_SIDE = 5
+"""Eval rows shown with their answers in the report (the first ones, not picked)."""
+REASONING_CHARS = 160
+ANSWER_CHARS = 400
+QUESTION_CHARS = 300
+
+
+def metric_table(metrics: dict) -> str:
+    """The before/after table as Markdown, one row per metric, with the change and whether it helped."""
+    before, after = metrics["before"], metrics["after"]
+    lines = ["| metric | before (base) | after (trained) | change |", "|---|---:|---:|---:|"]
+    for key, label, kind, better in ROWS:
+        b, a = before.get(key), after.get(key)
+        lines.append(f"| {label} | {_value(b, kind)} | {_value(a, kind)} | {_change(b, a, kind, better)} |")
+    return "\n".join(lines)
+
+
+def render_report(run_dir: Path, recipe: Recipe, metrics: dict, predictions: list[dict]) -> str:
+    run_dir = Path(run_dir)
+    training = _read_json(run_dir / "metrics.json")
+    parts = [
+        f"# Evaluation of {run_dir.name}",
+        "",
+        (f"Recipe `{recipe.name}`, base model `{recipe.model.base}`, {metrics['samples']} held-out rows "
+         f"(`eval_data.jsonl`), greedy decoding up to {metrics['max_new_tokens']} new tokens. Scores compare the "
+         "answer after `</think>` with the reference answer; the reasoning is not scored."),
+        "",
+        "## Before and after training",
+        "",
+        metric_table(metrics),
+        "",
+        _notes(recipe),
+        "",
+        "## Training",
+        "",
+        "![loss](loss_curve.png)" if (run_dir / "loss_curve.png").is_file() else "_No loss curve was written._",
+        "",
+        _training_table(training),
+        "",
+        f"## Answers side by side (first {min(SIDE_BY_SIDE, len(predictions))} eval rows)",
+        "",
+        "Reasoning is shortened; `predictions.jsonl` has every row in full. ✓ marks an exact match.",
+    ]
+    for p in predictions[:SIDE_BY_SIDE]:
+        parts += ["", *_example(p)]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _notes(recipe: Recipe) -> str:
+    notes = [("Rates and ROUGE/BLEU are percentages; the change of a rate is in percentage points; "
+              "▲ marks a change for the better, ▼ for the worse."),
+             "Eval loss is the mean cross-entropy over the trained tokens (reasoning and answer) of the same rows."]
+    notes.append("Exact match compares the whole answer with the reference: meaningful when answers are short "
+                 "labels (classification); for free-form answers read ROUGE and BLEU.")
+    if recipe.model.base == "tiny":
+        notes.append("This run used the embedded tiny test model: the numbers prove the pipeline, "
+                     "not the model.")
+    return "\n".join(f"- {n}" for n in notes)
+
+
+def _training_table(training: dict) -> str:
+    if not training:
+        return "_metrics.json is missing: no training figures._"
+    rows = [
+        ("steps", training.get("steps")),
+        ("first / final train loss", _pair(training.get("first_loss"), training.get("final_loss"))),
+        ("eval loss at the end of training", _num(training.get("eval_loss"), 4)),
+        ("trained tokens per second", _num(training.get("trained_tokens_per_s"), 1)),
+        ("input tokens per second", _num(training.get("tokens_per_s"), 1)),
+        ("training time", f"{training['train_runtime_s']:.0f} s" if training.get("train_runtime_s") else "n/a"),
+        ("engine / device", f"{training.get('backend', 'n/a')} / {training.get('device', 'n/a')}"),
+    ]
+    if training.get("peak_gpu_memory_gib") is not None:
+        rows.append(("peak GPU memory", f"{training['peak_gpu_memory_gib']:.2f} GiB"))
+    return "\n".join(["| | |", "|---|---:|", *(f"| {k} | {v if v is not None else 'n/a'} |" for k, v in rows)])
+
+
+def _example(p: dict) -> list[str]:
+    reference = _cell(p["reference"], ANSWER_CHARS)
+    if p.get("reference_reasoning"):
+        reference = f"<sub>thinking: {_cell(p['reference_reasoning'], REASONING_CHARS)}</sub><br>{reference}"
+    return [f"### {p['index'] + 1}. {_cell(p['prompt'], QUESTION_CHARS)}", "",
+            "| reference | before (base) | after (trained) |", "|---|---|---|",
+            f"| {reference} | {_answer_cell(p['before'])} | {_answer_cell(p['after'])} |"]
+
+
+def _answer_cell(side: dict) -> str:
+    reasoning = _cell(side["reasoning"], REASONING_CHARS) if side["reasoning"] else "(empty)"
+    if not side["closed"]:
+        return f"<sub>thinking: {reasoning}</sub><br>_(no `</think>`: no answer)_"
+    answer = _cell(side["answer"], ANSWER_CHARS) if side["answer"] else "_(empty answer)_"
+    mark = " ✓" if side["match"] else ""
+    return f"<sub>thinking: {reasoning}</sub><br>**{answer}**{mark}"
+
+
+def _cell(text: str, limit: int) -> str:
+    """Text made safe for one Markdown table cell: shortened, one line, pipes and tags escaped."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[:limit].rstrip() + f" … (+{len(text) - limit} chars)"
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _value(value, kind: str) -> str:
+    if value is None:
+        return "n/a"
+    if kind == "rate":
+        return f"{100 * value:.1f}%"
+    if kind == "score":
+        return f"{value:.2f}"
+    if kind == "loss":
+        return f"{value:.4f}"
+    if kind == "ppl":
+        return f"{value:,.2f}" if math.isfinite(value) else "inf"
+    return f"{value:.1f}"
+
+
+def _change(before, after, kind: str, better: int) -> str:
+    if before is None or after is None or not (math.isfinite(before) and math.isfinite(after)):
+        return "n/a"
+    diff = after - before
+    if kind == "rate":
+        text = f"{100 * diff:+.1f} pts"
+    elif kind == "loss":
+        text = f"{diff:+.4f}"
+    elif kind == "ppl":
+        text = f"{diff:+,.2f}"
+    elif kind == "score":
+        text = f"{diff:+.2f}"
+    else:
+        text = f"{diff:+.1f}"
+    if better and abs(diff) > 1e-12:
+        text += " ▲" if diff * better > 0 else " ▼"
+    return text
+
+
+def _pair(first, final) -> str:
+    return f"{_num(first, 4)} → {_num(final, 4)}"
+
+
+def _num(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
