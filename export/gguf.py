@@ -1,0 +1,177 @@
+"""Hugging Face folder -> GGUF (f16/bf16 by llama.cpp's converter) -> quantized GGUF (by llama-quantize).
+
+Every step writes to a hidden temporary name in the output folder and renames on success, so an interrupted run
+never leaves a final-named file behind, and a rerun skips the steps whose files already exist.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.errors import UserError
+
+QUANT_TYPES: dict[str, str] = {
+    "f16": "F16",
+    "bf16": "BF16",
+    "q8_0": "Q8_0",
+    "q4_k_m": "Q4_K_M",
+    "q5_k_m": "Q5_K_M",
+    "q6_k": "Q6_K",
+}
+"""Supported GGUF types: our lower-case name -> llama-quantize's name."""
+
+CONVERT_TYPES = ("f16", "bf16")
+"""Types written by the converter itself; the others are quantized from the f16 file."""
+
+_TAIL_LINES = 8
+_PROGRESS_BAR = re.compile(r"\d+%\||[\d.]+\s*\w*(?:it|byte|B)/s\]")
+
+
+@dataclass(frozen=True)
+class Step:
+    """The outcome of one export step: the file, how long the step took, and whether it was skipped."""
+
+    path: Path
+    seconds: float
+    skipped: bool = False
+
+
+def check_quant_type(qtype: str) -> str:
+    """Return the normalised quant type name, or raise UserError listing the valid ones."""
+    name = qtype.strip().lower().replace("-", "_")
+    if name in QUANT_TYPES:
+        return name
+    close = difflib.get_close_matches(name, QUANT_TYPES, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise UserError(f"unknown GGUF quantization type {qtype!r}", where="export.quantization",
+                    fix=f"{hint}valid types: {', '.join(QUANT_TYPES)}")
+
+
+def convert(hf_dir: Path, out_path: Path, outtype: str = "f16", *, chat_template: str | None = None) -> Step:
+    """Convert a Hugging Face model folder to an f16 or bf16 GGUF with llama.cpp's `convert_hf_to_gguf.py`.
+
+    `chat_template`, when given, replaces the folder's template in the GGUF (`tokenizer.chat_template`), e.g.
+    to ship the original inference template when the folder carries a training variant.
+    """
+    from export.llamacpp import converter
+
+    outtype = check_quant_type(outtype)
+    if outtype not in CONVERT_TYPES:
+        raise UserError(f"the converter writes only {' or '.join(CONVERT_TYPES)}, not {outtype}",
+                        fix="convert to f16, then call quantize()")
+    hf_dir, out_path = Path(hf_dir), Path(out_path)
+    if out_path.is_file():
+        return Step(out_path, 0.0, skipped=True)
+    _check_hf_dir(hf_dir)
+    script, gguf_py = converter()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(gguf_py), os.environ.get("PYTHONPATH")]))}
+    _say(f"Converting {hf_dir} to {out_path.name} (reads every weight once)...")
+    started = time.monotonic()
+    with _staged_model(hf_dir, chat_template) as model_dir, _atomic_output(out_path) as tmp:
+        cmd = [sys.executable, str(script), str(model_dir), "--outfile", str(tmp), "--outtype", outtype]
+        _run(cmd, env, what=f"converting {hf_dir} to GGUF")
+    return Step(out_path, time.monotonic() - started)
+
+
+def quantize(src_gguf: Path, out_path: Path, qtype: str) -> Step:
+    """Quantize an f16/bf16 GGUF to `qtype` with `llama-quantize` (builds the tool on first use)."""
+    from export.llamacpp import tools
+
+    qtype = check_quant_type(qtype)
+    src_gguf, out_path = Path(src_gguf), Path(out_path)
+    if out_path.is_file():
+        return Step(out_path, 0.0, skipped=True)
+    if not src_gguf.is_file():
+        raise UserError("GGUF file not found", where=str(src_gguf), fix="convert the model first")
+    binary = tools().quantize
+    _say(f"Quantizing {src_gguf.name} to {out_path.name}...")
+    started = time.monotonic()
+    with _atomic_output(out_path) as tmp:
+        cmd = [str(binary), str(src_gguf), str(tmp), QUANT_TYPES[qtype], str(os.cpu_count() or 1)]
+        _run(cmd, dict(os.environ), what=f"quantizing {src_gguf.name} to {qtype}")
+    return Step(out_path, time.monotonic() - started)
+
+
+def export(hf_dir: Path, out_dir: Path, qtype: str, stem: str = "model") -> list[Step]:
+    """Make `<out_dir>/<stem>-<qtype>.gguf`, going through `<stem>-f16.gguf` for quantized types.
+
+    Returns the steps in order; the last one's path is the requested file.
+    """
+    qtype = check_quant_type(qtype)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = "bf16" if qtype == "bf16" else "f16"
+    steps = [convert(hf_dir, out_dir / f"{stem}-{base}.gguf", base)]
+    if qtype not in CONVERT_TYPES:
+        steps.append(quantize(steps[0].path, out_dir / f"{stem}-{qtype}.gguf", qtype))
+    return steps
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _check_hf_dir(hf_dir: Path) -> None:
+    if not (hf_dir / "config.json").is_file():
+        raise UserError("not a Hugging Face model folder (no config.json)", where=str(hf_dir),
+                        fix="point at the merged model folder (weights, config.json and tokenizer files)")
+
+
+@contextmanager
+def _atomic_output(out_path: Path) -> Iterator[Path]:
+    """Yield a hidden temporary path next to `out_path`; rename it to `out_path` only if the block succeeds."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name the tool creates itself (so the file gets the usual permissions, unlike mkstemp's 0600).
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    try:
+        yield tmp
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            raise UserError("the tool exited successfully but wrote no file", where=str(out_path))
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _staged_model(hf_dir: Path, chat_template: str | None) -> Iterator[Path]:
+    """Yield `hf_dir`, or a folder of links to its files with the chat template replaced.
+
+    The converter reads the template from tokenizer_config.json before chat_template.jinja, so the staged copy
+    drops both and writes the new template into tokenizer_config.json; weights are linked, never copied.
+    """
+    if chat_template is None:
+        yield hf_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="r1tune-stage-") as stage:
+        staged = Path(stage)
+        for item in hf_dir.iterdir():
+            if item.name not in ("tokenizer_config.json", "chat_template.jinja", "chat_template.json"):
+                (staged / item.name).symlink_to(item.resolve())
+        config_path = hf_dir / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        config["chat_template"] = chat_template
+        (staged / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2),
+                                                      encoding="utf-8")
+        yield staged
+
+
+def _run(cmd: list[str], env: dict[str, str], *, what: str) -> None:
+    """Run a tool quietly; on failure raise UserError with the end of its output (the useful part)."""
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
+    if result.returncode != 0:
+        lines = (result.stdout + "\n" + result.stderr).splitlines()
+        useful = [line for line in lines if line.strip() and not _PROGRESS_BAR.search(line)]
+        tail = "\n  ".join(useful[-_TAIL_LINES:]) or "no output"
+        raise UserError(f"{what} failed (exit code {result.returncode}):\n  {tail}",
+                        fix="check that the folder holds a complete model; the lines above come from llama.cpp")
