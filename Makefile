@@ -12,6 +12,11 @@ ARGS ?=
 QUANT ?=
 N ?=
 
+# On a CPU every step allocates and frees logits 151,936 tokens wide; by default glibc hands those blocks back to
+# the kernel and faults them in again each time (40% of the time in system calls). Keeping them in the heap makes
+# tiny-model training and evaluation about 1.5-2x faster. Set GLIBC_TUNABLES yourself to override.
+export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184:glibc.malloc.top_pad=1073741824
+
 comma := ,
 CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := dev$(if $(CUDA),$(comma)gpu)

@@ -149,6 +149,8 @@ class TrainConfig:
     """Recompute activations in the backward pass: much less memory for some extra compute."""
     packing: bool = False
     """Pack several short examples into one sequence (they cannot attend to each other) for speed."""
+    loss: Literal["auto", "nll", "chunked_nll"] = "auto"
+    """Loss kernel: chunked_nll projects only trained tokens onto the vocabulary; auto: chunked on CUDA, nll on CPU."""
     seed: int = 3407
     """Seed for shuffling, the eval split, adapter initialisation and dropout."""
     logging_steps: int = 1

@@ -146,16 +146,18 @@ NEWS_RATIONALES = {
     "国内": "标题涉及国内的交通和建设", "社会": "标题涉及社会事件和日常生活",
 }
 
-# Filler carries no class signal: every class uses every template equally often.
+# Filler carries no class signal: every class uses every template equally often. The keyword sits in 「」 as
+# headlines often quote a term; without the brackets byte-level BPE merges it with the filler around it (大学招生
+# + 成为 -> 大学 / 招 / 生成 / 为), so the same keyword would be different tokens in different headlines.
 _NEWS_TEMPLATES = (
-    "今日{kw}引发广泛关注",
-    "{kw}最新进展公布",
-    "记者调查：{kw}背后的故事",
-    "专家解读{kw}带来的影响",
-    "{kw}成为本周热门话题",
-    "多方回应{kw}相关问题",
-    "一图看懂{kw}",
-    "{kw}迎来新变化",
+    "今日「{kw}」引发广泛关注",
+    "「{kw}」最新进展公布",
+    "记者调查：「{kw}」背后的故事",
+    "专家解读「{kw}」带来的影响",
+    "「{kw}」成为本周热门话题",
+    "多方回应「{kw}」相关问题",
+    "一图看懂「{kw}」",
+    "「{kw}」迎来新变化",
 )
 
 

@@ -24,7 +24,7 @@ from trainer.errors import UserError
 from trainer.template import r1_chat_template
 from trainer.vendor import llama_cpp_source
 
-TINY_VERSION = "v2"
+TINY_VERSION = "v3"
 """Bump whenever the build below changes, so cached copies from older code are rebuilt, not trusted."""
 
 VOCAB_SIZE = 151_936  # the real checkpoints' embedding rows (padded beyond the 151,665 tokens)
@@ -61,6 +61,11 @@ TINY_CONFIG = dict(
     # The real config.json says bos = eos = 151643; its generation_config.json has bos 151646 (below).
     bos_token_id=EOS_ID, eos_token_id=EOS_ID,
 )
+FINAL_NORM_GAIN = 2.0
+"""Start value of the final RMSNorm weight. At 1, a 64-wide hidden state cannot give any of 151,936 tokens more
+than ~40% probability (the other logits' spread wins); at 2 a trained model can be confident, and LoRA on the
+tiny model reaches a held-out accuracy that 1 never does. Trained checkpoints' final-norm gains are well above 1."""
+
 GENERATION_CONFIG = dict(bos_token_id=BOS_ID, eos_token_id=EOS_ID, do_sample=True, temperature=0.6, top_p=0.95)
 
 _GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -175,6 +180,8 @@ def build_tiny_model(out: Path) -> None:
     with torch.random.fork_rng(devices=[]):  # seed the build without disturbing the caller's random state
         torch.manual_seed(0)
         model = transformers.Qwen2ForCausalLM(config)
+        with torch.no_grad():
+            model.model.norm.weight.fill_(FINAL_NORM_GAIN)
     model.generation_config = transformers.GenerationConfig(**GENERATION_CONFIG)
     with _no_progress_bars():
         model.save_pretrained(out, safe_serialization=True)

@@ -43,7 +43,7 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
         raise
     guard.raise_if_tripped(run_dir)
     elapsed = time.perf_counter() - started
-    final_eval = trainer.evaluate() if prepared.eval else {}
+    final_eval = final_evaluation(trainer) if prepared.eval else {}
     save_weights(trainer, loaded, run_dir)
     trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
     metrics = summarize(result, final_eval, trainer.state.log_history, counter, elapsed, loaded, hardware)
@@ -90,6 +90,15 @@ def out_of_memory(recipe: Recipe) -> UserError:
     return UserError(f"CUDA ran out of memory (profile {recipe.profile}, batch {t.batch_size}, "
                      f"max_seq_length {m.max_seq_length}, {m.quantization})", where="train",
                      fix="try " + "; or ".join(k for k in knobs if k))
+
+
+def final_evaluation(trainer) -> dict:
+    """Eval metrics at the last step: reused when the schedule just evaluated there, computed otherwise."""
+    last = trainer.state.log_history[-2:] if len(trainer.state.log_history) > 1 else []
+    done = [h for h in last if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+    if done and not trainer.args.load_best_model_at_end:
+        return done[-1]
+    return trainer.evaluate()
 
 
 def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware, run_dir: Path,
@@ -149,7 +158,7 @@ def sft_config(recipe: Recipe, hardware: Hardware, backend: str, run_dir: Path, 
         # checkpoint twice.
         gradient_checkpointing=t.gradient_checkpointing and backend == "transformers",
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        max_length=recipe.model.max_seq_length, packing=t.packing,
+        max_length=recipe.model.max_seq_length, packing=t.packing, loss_type=_loss_type(recipe, hardware),
         dataset_num_proc=None, disable_tqdm=True, use_cpu=not hardware.cuda,
         dataloader_pin_memory=hardware.cuda,
     )
@@ -172,7 +181,10 @@ def save_weights(trainer, loaded: Loaded, run_dir: Path) -> Path:
     """Adapter (or full model) and tokenizer into `adapter/`, written aside and renamed when complete."""
     final, tmp = run_dir / ADAPTER, run_dir / f".{ADAPTER}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+    extra = {}
+    if hasattr(trainer.model, "peft_config"):  # LoRA on embeddings: the vocabulary is unchanged, keep the base's
+        extra["save_embedding_layers"] = False
+    trainer.model.save_pretrained(str(tmp), safe_serialization=True, **extra)
     loaded.tokenizer.save_pretrained(str(tmp))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -212,6 +224,15 @@ def _precision(recipe: Recipe, hardware: Hardware) -> str:
 
     dtype = str(torch_dtype(recipe.model, hardware))
     return "bf16" if "bfloat16" in dtype else "fp16" if "float16" in dtype else "fp32"
+
+
+def _loss_type(recipe: Recipe, hardware: Hardware) -> str:
+    """TRL's chunked loss saves GPU memory on long rows; on a CPU its per-chunk recomputation only costs time,
+    and it cannot handle a LoRA-wrapped lm_head."""
+    if recipe.train.loss != "auto":
+        return recipe.train.loss
+    wraps_head = recipe.train.method == "lora" and "lm_head" in recipe.lora.target_modules
+    return "chunked_nll" if hardware.cuda and not wraps_head else "nll"
 
 
 def _optimizer_name(choice: str, hardware: Hardware) -> str:

@@ -1,6 +1,8 @@
 """A real training run on the CPU that must learn: the tiny model on the news sample, LoRA, the cpu profile.
 
 Held-out accuracy is the class after `</think>` in greedy generations, before (base) and after (adapter).
+The run is longer than `make train RECIPE=news` (300 steps, about 4 minutes, instead of 120): at 150 steps two
+seeds gave 80% and 97%; at 300 the harder seed reaches 100% (eval loss 0.003), which leaves a real margin.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def news_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    assert main(["train", "news", "profile=cpu", f"train.output_dir={out}"]) == 0
+    assert main(["train", "news", "profile=cpu", "train.max_steps=300", f"train.output_dir={out}"]) == 0
     (run,) = out.glob("news-*")
     return run
 
