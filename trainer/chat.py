@@ -211,7 +211,7 @@ def run_chat(run: str, prompt: str | None = None, base: bool = False, max_new_to
     from trainer.errors import UserError
     from trainer.evaluate import resolve_run
     from trainer.hardware import detect
-    from trainer.model import load_for_inference
+    from trainer.model import load_for_inference, start_engine
     from trainer.recipe import load_resolved
     from trainer.runs import ADAPTER, require_complete
 
@@ -224,7 +224,9 @@ def run_chat(run: str, prompt: str | None = None, base: bool = False, max_new_to
     recipe = load_resolved(run_dir)
     which = f"base model {recipe.model.base}" if base else f"trained model {run_dir / ADAPTER}"
     print(f"loading the {which} ...", file=sys.stderr, flush=True)
-    loaded = load_for_inference(recipe, detect(), None if base else run_dir / ADAPTER)
+    hardware = detect()
+    start_engine(recipe, hardware)
+    loaded = load_for_inference(recipe, hardware, None if base else run_dir / ADAPTER)
     limit = max_new_tokens or recipe.eval.max_new_tokens
     session = ChatSession(model_stream(loaded.model, loaded.tokenizer, limit, temperature), loaded.tokenizer,
                           system=recipe.data.system)

@@ -29,13 +29,14 @@ def main(argv: list[str] | None = None) -> int:
 def train_command(args) -> int:
     from trainer.data import encode, load_conversations, save_conversations
     from trainer.hardware import detect
-    from trainer.model import load_for_training, load_tokenizer
+    from trainer.model import load_for_training, load_tokenizer, start_engine
     from trainer.recipe import save_resolved
     from trainer.runs import RunLog, mark_complete, new_run_dir
     from trainer.train import train
 
     hardware = detect()
     recipe = _recipe(args, hardware)
+    start_engine(recipe, hardware)
     resume_dir, checkpoint = resumable(recipe) if args.resume else (None, None)
     log = RunLog()
     log.say(banner(recipe, hardware))

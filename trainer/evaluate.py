@@ -25,7 +25,7 @@ from trainer.formats import Message
 from trainer.generate import generate, history_of
 from trainer.hardware import Hardware, detect
 from trainer.metrics import corpus_scores, label_match, perplexity, rouge_bleu, split_reasoning, think_format_ok
-from trainer.model import base_path, choose_backend, load_for_inference
+from trainer.model import base_path, choose_backend, load_for_inference, start_engine
 from trainer.recipe import load_resolved
 from trainer.runs import ADAPTER, is_complete, require_complete, write_json, write_text
 from trainer.template import IGNORE, Encoded, encode_conversation
@@ -83,6 +83,7 @@ def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], N
         raise UserError(f"--samples must be at least 1, got {n}", where="command line")
     items = load_items(run_dir, n)
     hardware = detect()
+    start_engine(recipe, hardware)
     key = cache_key(recipe, hardware, items)
     cached = before_cache_dir() / f"{key}.json"
     say(f"evaluating {run_dir} on {len(items)} eval rows (greedy, up to {recipe.eval.max_new_tokens} new tokens)")

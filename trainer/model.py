@@ -46,6 +46,15 @@ def choose_backend(model: ModelConfig, hardware: Hardware) -> str:
     return "unsloth" if hardware.cuda and _installed("unsloth") else "transformers"
 
 
+def start_engine(recipe: Recipe, hardware: Hardware) -> str:
+    """Choose the backend and, for Unsloth, import it now: it patches transformers, TRL and PEFT, so it must
+    come before any of them is imported (the tokenizer and the chat template load them)."""
+    backend = choose_backend(recipe.model, hardware)
+    if backend == "unsloth":
+        import unsloth  # noqa: F401
+    return backend
+
+
 def load_tokenizer(model: ModelConfig):
     """The base tokenizer with the original R1 chat template and a pad token distinct from eos."""
     from transformers import AutoTokenizer

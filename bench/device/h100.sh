@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# What runs on the H100 test machine (see ../shared/device/README.md), one stage per device call:
+#   bash bench/device/h100.sh tests|bench-1.5b|bench-7b|export-eval
+# Carry .devsite (site.tgz: unsloth, trl, bitsandbytes, datasets, jieba; llama-trim.tar.gz: llama.cpp's sources
+# and vocabularies from the pinned llama-cpp-python sdist) and .benchtok (the real R1 tokenizers).
+set -uo pipefail
+stage=${1:?stage}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+mkdir -p /tmp/site && tar xzf .devsite/site.tgz -C /tmp/site
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 \
+       PYTHONUNBUFFERED=1 R1TUNE_CACHE=/tmp/r1cache LLAMA_CPP_SDIST=$PWD/.devsite/llama-trim.tar.gz
+T=.benchtok/tokenizers.tgz
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; python3 -c \
+  "import torch, transformers, trl, peft, unsloth, bitsandbytes; print('torch', torch.__version__, 'transformers',
+  transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'unsloth', unsloth.__version__,
+  'bitsandbytes', bitsandbytes.__version__)" 2>/dev/null | tail -1; date -u; } > "$OUT/env.txt"
+case $stage in
+  tests)
+    python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -x 2>&1 | tee "$OUT/gpu-tests.log" | tail -30
+    python3 -m bench packing-check --shapes qwen-1.5b --backends unsloth,transformers --tokenizers $T \
+      --budget-s 170 --child-timeout 120 --out "$OUT/check.json" 2>&1 | tail -15 ;;
+  bench-1.5b)
+    python3 -m bench --shapes qwen-1.5b --variants d,c,a,b,d-nll,d-pack --steps 6 --tokenizers $T \
+      --budget-s 500 --child-timeout 140 --out "$OUT/bench-1.5b.json" --logs-tgz "$OUT/logs-1.5b.tgz" 2>&1 | tail -25 ;;
+  bench-7b)
+    python3 -m bench --shapes qwen-7b --variants d,c,a,p-4060,p-4090,b --steps 6 --tokenizers $T \
+      --budget-s 510 --child-timeout 150 --out "$OUT/bench-7b.json" --logs-tgz "$OUT/logs-7b.tgz" 2>&1 | tail -25 ;;
+  export-eval)
+    python3 -m bench export --shape qwen-7b --device cuda --quant q4_k_m --tokenizers $T --out "$OUT/export-7b.json" \
+      2>&1 | tail -30
+    python3 bench/eval_speed.py --shape qwen-1.5b --tokenizers $T --out "$OUT/eval-1.5b.json" 2>&1 | tail -15 ;;
+esac

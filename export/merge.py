@@ -1,0 +1,145 @@
+"""Merge a run's LoRA adapter into the 16-bit base weights, one safetensors shard at a time.
+
+Only one shard of the base (plus the small adapter) is in memory at once, so peak host RAM stays near the
+largest shard rather than the whole model: a 7B merges on a 16 GB desktop. The merge is done in float32 and
+cast back to the base's dtype. The result is written aside and renamed into `merged/` when complete.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.cache import building
+from trainer.config import Recipe
+from trainer.errors import UserError
+from trainer.model import base_path
+from trainer.runs import ADAPTER
+
+MERGED = "merged"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "vocab.json", "merges.txt")
+CONFIG_FILES = ("config.json", "generation_config.json")
+
+
+@dataclass(frozen=True)
+class Merged:
+    path: Path
+    seconds: float
+    skipped: bool
+    merged_modules: int
+
+
+def merge_run(run_dir: Path, recipe: Recipe) -> Merged:
+    """`run_dir/merged/`: base + adapter as a plain Hugging Face model with the run's tokenizer."""
+    target = run_dir / MERGED
+    adapter = run_dir / ADAPTER
+    if target.is_dir():
+        return Merged(target, 0.0, True, 0)
+    started = time.perf_counter()
+    if not (adapter / "adapter_config.json").is_file():  # full or freeze runs saved the whole model
+        return Merged(adapter, 0.0, True, 0)
+    base = base_folder(recipe)
+    with building(target) as out:
+        deltas = read_adapter(adapter)
+        merged = merge_shards(base, deltas, out)
+        if merged != len(deltas):
+            raise UserError(f"only {merged} of {len(deltas)} adapted layers were found in the base weights",
+                            where=str(base), fix="the adapter was trained on a different base model")
+        for name in CONFIG_FILES:
+            if (base / name).is_file():
+                shutil.copy2(base / name, out / name)
+        for name in TOKENIZER_FILES:  # the run's tokenizer carries the original R1 chat template
+            if (adapter / name).is_file():
+                shutil.copy2(adapter / name, out / name)
+    return Merged(target, time.perf_counter() - started, False, len(deltas))
+
+
+def base_folder(recipe: Recipe) -> Path:
+    """The 16-bit base weights on disk: the tiny model, a local folder, or the hub snapshot in the HF cache."""
+    path = Path(base_path(recipe.model)).expanduser()
+    if not path.is_dir():
+        path = _hub_snapshot(recipe.model.base)
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if config.get("quantization_config"):
+        raise UserError("the base folder holds pre-quantized weights, which cannot be merged into exactly",
+                        where=str(path), fix="set model.base to the original 16-bit model, e.g. "
+                                             "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B, and export again")
+    if not list(path.glob("*.safetensors")):
+        raise UserError("no safetensors weights in the base folder", where=str(path),
+                        fix="only safetensors are read (a pickle can run code); convert the weights first")
+    return path
+
+
+def _hub_snapshot(repo: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, allow_patterns=["*.safetensors", "*.json", "tokenizer*"]))
+    except Exception as exc:  # offline, gated, unknown: the library's first line says which
+        raise UserError(f"cannot get the 16-bit base '{repo}': {str(exc).splitlines()[0][:200]}",
+                        where="model.base", fix="download it once with network access (huggingface-cli download "
+                                                f"{repo}) or set model.base to a local folder") from None
+
+
+def read_adapter(adapter: Path) -> dict[str, tuple]:
+    """Base weight name -> (A, B, scale, is_embedding) for every adapted layer."""
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise UserError("per-layer LoRA ranks are not supported by the merge", where=str(adapter))
+    rank, alpha = config["r"], config["lora_alpha"]
+    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    weights_file = adapter / "adapter_model.safetensors"
+    if not weights_file.is_file():
+        raise UserError("no adapter_model.safetensors (only safetensors are read)", where=str(adapter))
+    tensors = load_file(str(weights_file))
+    deltas: dict[str, tuple] = {}
+    for key, a in tensors.items():
+        for marker, embedding in ((".lora_A.weight", False), (".lora_embedding_A", True)):
+            if key.endswith(marker):
+                module = key[: -len(marker)].removeprefix("base_model.model.")
+                b = tensors[key.replace("_A", "_B")]
+                deltas[f"{module}.weight"] = (a, b, scale, embedding)
+    return deltas
+
+
+def merge_shards(base: Path, deltas: dict[str, tuple], out: Path) -> int:
+    """Write every base shard with its adapted tensors merged; returns how many tensors were changed."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    changed = 0
+    for shard in sorted(base.glob("*.safetensors")):
+        tensors = {}
+        with safe_open(str(shard), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            for name in handle.keys():
+                tensor = handle.get_tensor(name)
+                if name in deltas:
+                    tensor = _merged(tensor, *deltas[name])
+                    changed += 1
+                tensors[name] = tensor
+        save_file(tensors, str(out / shard.name), metadata={**metadata, "format": "pt"})
+        del tensors
+    index = base / "model.safetensors.index.json"
+    if index.is_file():
+        shutil.copy2(index, out / index.name)
+    return changed
+
+
+def _merged(weight, a, b, scale: float, embedding: bool):
+    import torch
+
+    delta = (b.float() @ a.float()) * scale
+    if embedding:  # PEFT stores embedding LoRA as A: (r, vocab), B: (dim, r)
+        delta = delta.T
+    if delta.shape != weight.shape:
+        raise UserError(f"adapter shape {tuple(delta.shape)} does not fit base weight {tuple(weight.shape)}",
+                        where="adapter", fix="the adapter was trained on a different base model")
+    with torch.no_grad():
+        return (weight.float() + delta).to(weight.dtype)
