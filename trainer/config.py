@@ -150,7 +150,7 @@ class TrainConfig:
     packing: bool = False
     """Pack several short examples into one sequence (they cannot attend to each other) for speed."""
     loss: Literal["auto", "nll", "chunked_nll"] = "auto"
-    """Loss kernel: chunked_nll projects only trained tokens onto the vocabulary; auto: chunked on CUDA, nll on CPU."""
+    """Loss kernel: chunked_nll projects only trained tokens; auto: Unsloth's fused nll, else chunked on CUDA."""
     seed: int = 3407
     """Seed for shuffling, the eval split, adapter initialisation and dropout."""
     logging_steps: int = 1

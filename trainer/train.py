@@ -158,7 +158,7 @@ def sft_config(recipe: Recipe, hardware: Hardware, backend: str, run_dir: Path, 
         # checkpoint twice.
         gradient_checkpointing=t.gradient_checkpointing and backend == "transformers",
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        max_length=recipe.model.max_seq_length, packing=t.packing, loss_type=_loss_type(recipe, hardware),
+        max_length=recipe.model.max_seq_length, packing=t.packing, loss_type=_loss_type(recipe, hardware, backend),
         dataset_num_proc=None, disable_tqdm=True, use_cpu=not hardware.cuda,
         dataloader_pin_memory=hardware.cuda,
     )
@@ -226,13 +226,14 @@ def _precision(recipe: Recipe, hardware: Hardware) -> str:
     return "bf16" if "bfloat16" in dtype else "fp16" if "float16" in dtype else "fp32"
 
 
-def _loss_type(recipe: Recipe, hardware: Hardware) -> str:
-    """TRL's chunked loss saves GPU memory on long rows; on a CPU its per-chunk recomputation only costs time,
-    and it cannot handle a LoRA-wrapped lm_head."""
+def _loss_type(recipe: Recipe, hardware: Hardware, backend: str) -> str:
+    """TRL's chunked loss saves memory for transformers on a GPU. Under Unsloth plain `nll` lets Unsloth's fused
+    cross-entropy run, which measured faster and smaller on the H100 (bench/RESULTS.md); on a CPU the chunks'
+    recomputation only costs time, and neither path handles a LoRA-wrapped lm_head."""
     if recipe.train.loss != "auto":
         return recipe.train.loss
     wraps_head = recipe.train.method == "lora" and "lm_head" in recipe.lora.target_modules
-    return "chunked_nll" if hardware.cuda and not wraps_head else "nll"
+    return "chunked_nll" if hardware.cuda and backend == "transformers" and not wraps_head else "nll"
 
 
 def _optimizer_name(choice: str, hardware: Hardware) -> str:

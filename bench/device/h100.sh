@@ -29,4 +29,15 @@ case $stage in
     python3 -m bench export --shape qwen-7b --device cuda --quant q4_k_m --tokenizers $T --out "$OUT/export-7b.json" \
       2>&1 | tail -30
     python3 bench/eval_speed.py --shape qwen-1.5b --tokenizers $T --out "$OUT/eval-1.5b.json" 2>&1 | tail -15 ;;
+  final)  # the 7B bench on the GPU while the 7B export runs on the CPUs, then eval speed on 1.5B
+    python3 -m bench --shapes qwen-7b --variants d,a,c,p-4060,d-bs4 --steps 6 --tokenizers $T --budget-s 390 \
+      --child-timeout 150 --out "$OUT/bench-7b.json" --logs-tgz "$OUT/logs-7b.tgz" > "$OUT/bench-7b.log" 2>&1 &
+    bench=$!
+    for i in $(seq 1 60); do [ -f /tmp/bench/shapes/qwen-7b/bench_shape.json ] && break; sleep 3; done
+    timeout 420 python3 -m bench export --shape qwen-7b --quant q4_k_m --tokenizers $T \
+      --out "$OUT/export-7b.json" > "$OUT/export-7b.log" 2>&1 &
+    wait $bench; tail -12 "$OUT/bench-7b.log"
+    timeout 110 python3 bench/eval_speed.py --shape qwen-1.5b --prompts 32 --batch-sizes 8,32 --tokenizers $T \
+      --out "$OUT/eval-1.5b.json" > "$OUT/eval-1.5b.log" 2>&1; tail -4 "$OUT/eval-1.5b.log"
+    wait; tail -4 "$OUT/export-7b.log" ;;
 esac
