@@ -95,10 +95,13 @@ def torch_dtype(model: ModelConfig, hardware: Hardware):
 
 def load_for_training(recipe: Recipe, hardware: Hardware, tokenizer) -> Loaded:
     """The base model with its trainable part, ready for the trainer."""
+    from transformers import set_seed
+
     backend = choose_backend(recipe.model, hardware)
     if recipe.model.quantization != "none" and not hardware.cuda:
         raise UserError(f"{recipe.model.quantization} loading needs a CUDA GPU", where="model.quantization",
                         fix="set model.quantization=none to train in full precision on this machine")
+    set_seed(recipe.train.seed)  # the adapter's initial weights, so that equal recipes start from equal adapters
     if backend == "unsloth":
         model = _unsloth_model(recipe, hardware)
     else:
