@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What runs on the H100 test machine (see ../shared/device/README.md), one stage per device call:
-#   bash bench/device/h100.sh tests|bench-1.5b|bench-7b|export-eval
+#   bash bench/device/h100.sh tests|bench-1.5b|bench-7b|export-eval|final
 # Carry .devsite (site.tgz: unsloth, trl, bitsandbytes, datasets, jieba; llama-trim.tar.gz: llama.cpp's sources
 # and vocabularies from the pinned llama-cpp-python sdist) and .benchtok (the real R1 tokenizers).
 set -uo pipefail
@@ -30,7 +30,7 @@ case $stage in
       2>&1 | tail -30
     python3 bench/eval_speed.py --shape qwen-1.5b --tokenizers $T --out "$OUT/eval-1.5b.json" 2>&1 | tail -15 ;;
   final)  # the 7B bench on the GPU while the 7B export runs on the CPUs, then eval speed on 1.5B
-    python3 -m bench --shapes qwen-7b --variants d,a,c,p-4060,d-bs4 --steps 6 --tokenizers $T --budget-s 390 \
+    python3 -m bench --shapes qwen-7b --variants d,a,c,p-4060,p-4090 --steps 6 --tokenizers $T --budget-s 390 \
       --child-timeout 150 --out "$OUT/bench-7b.json" --logs-tgz "$OUT/logs-7b.tgz" > "$OUT/bench-7b.log" 2>&1 &
     bench=$!
     for i in $(seq 1 60); do [ -f /tmp/bench/shapes/qwen-7b/bench_shape.json ] && break; sleep 3; done
