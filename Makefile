@@ -1,5 +1,5 @@
 # Fine-tune DeepSeek-R1-Distill on your data. Every target sets up .venv first when needed.
-#   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."] [RESUME=1]
+#   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."] [RESUME=1] [GPUS=N]
 #   make preview RECIPE=news          make eval / chat / gguf [RUN=runs/<run>]          make test
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,6 +10,7 @@ GPU ?= auto
 RUN ?= latest
 ARGS ?=
 QUANT ?=
+GPUS ?=
 N ?=
 
 # On a CPU every step allocates and frees logits 151,936 tokens wide; by default glibc hands those blocks back to
@@ -38,7 +39,7 @@ $(VENV)/.export: $(VENV)/.core
 	touch $@
 
 train: setup
-	$(PY) -m trainer train $(RECIPE) profile=$(GPU) $(if $(RESUME),--resume) $(ARGS)
+	$(PY) -m trainer train $(RECIPE) profile=$(GPU) $(if $(RESUME),--resume) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
 
 preview: setup
 	$(PY) -m trainer preview $(RECIPE) profile=$(GPU) $(ARGS)

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainer.distributed import is_main, launched
 from trainer.errors import UserError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -31,29 +32,65 @@ def train_command(args) -> int:
     from trainer.hardware import detect
     from trainer.model import load_for_training, load_tokenizer, start_engine
     from trainer.recipe import save_resolved
-    from trainer.runs import RunLog, mark_complete, new_run_dir
+    from trainer.runs import RunLog, mark_complete
     from trainer.train import train
 
     hardware = detect()
     recipe = _recipe(args, hardware)
+    if (args.gpus or 1) > 1 and not launched():
+        return launch_training(args, recipe, hardware)
     start_engine(recipe, hardware)
     resume_dir, checkpoint = resumable(recipe) if args.resume else (None, None)
-    log = RunLog()
+    log = RunLog(quiet=not is_main())
     log.say(banner(recipe, hardware))
     conversations = load_conversations(recipe)
     tokenizer = load_tokenizer(recipe.model)
     prepared = encode(conversations, tokenizer, recipe)
     log.say("\n".join(prepared.report.summary()))
     loaded = load_for_training(recipe, hardware, tokenizer)
-    run_dir = resume_dir or new_run_dir(recipe.train.output_dir, recipe.name)
+    run_dir = run_folder(args, recipe, resume_dir)
     log.attach(run_dir / "train.log")
-    save_resolved(recipe, run_dir / "config.yaml")
-    save_conversations(prepared.eval_conversations, run_dir / "eval_data.jsonl")
+    if is_main():
+        save_resolved(recipe, run_dir / "config.yaml")
+        save_conversations(prepared.eval_conversations, run_dir / "eval_data.jsonl")
     log.say(f"resuming {run_dir} from {checkpoint}" if checkpoint else f"run folder: {run_dir}")
     metrics = train(recipe, loaded, prepared, hardware, run_dir, log, resume_from=checkpoint)
-    mark_complete(run_dir)
+    if is_main():
+        mark_complete(run_dir)
     log.say(finished(run_dir, metrics))
     return 0
+
+
+def launch_training(args, recipe, hardware) -> int:
+    """`--gpus N`: check what can be checked once, choose the run folder, start N training processes."""
+    import subprocess
+
+    import torch
+
+    from trainer.data import load_conversations
+    from trainer.distributed import check_launch, launch_command
+    from trainer.runs import new_run_dir
+
+    strategy = check_launch(recipe, args.gpus, hardware, torch.cuda.device_count())
+    load_conversations(recipe)  # bad data is reported here, once, rather than by every process
+    run_dir = resumable(recipe)[0] if args.resume else new_run_dir(recipe.train.output_dir, recipe.name)
+    where = f"{args.gpus} GPUs" if hardware.cuda else \
+        f"{args.gpus} CPU processes over gloo (no CUDA: a check of the path, not faster)"
+    print(f"launching {strategy} on {where}; run folder {run_dir}", flush=True)
+    argv = ["train", args.recipe, *args.overrides, "--run-dir", str(run_dir), *(["--resume"] if args.resume else [])]
+    return subprocess.run(launch_command(strategy, args.gpus, hardware.cuda, argv), check=False).returncode
+
+
+def run_folder(args, recipe, resume_dir: Path | None) -> Path:
+    """The run folder: the one the multi-GPU parent chose, the one being resumed, or a new one."""
+    from trainer.runs import new_run_dir
+
+    if args.run_dir:
+        return Path(args.run_dir)
+    if launched():
+        raise UserError("this process is one of several, but no run folder was chosen for them", where="train",
+                        fix="start multi-GPU runs with `make train GPUS=N` (python -m trainer train ... --gpus N)")
+    return resume_dir or new_run_dir(recipe.train.output_dir, recipe.name)
 
 
 def resumable(recipe) -> tuple[Path, str]:
@@ -154,6 +191,10 @@ def _parser() -> argparse.ArgumentParser:
     _recipe_args(train)
     train.add_argument("--resume", action="store_true",
                        help="continue the newest unfinished run of this recipe from its last checkpoint")
+    train.add_argument("--gpus", type=int, metavar="N",
+                       help="train on N GPUs through accelerate (train.strategy picks DDP, FSDP or ZeRO); "
+                            "without CUDA, N CPU processes over gloo")
+    train.add_argument("--run-dir", help=argparse.SUPPRESS)  # chosen by the --gpus parent for its processes
     train.set_defaults(command=train_command)
     preview = commands.add_parser("preview", help="show rendered training examples with the trained span")
     _recipe_args(preview)

@@ -167,6 +167,8 @@ class TrainConfig:
     """Also write TensorBoard logs into the run folder."""
     output_dir: str = "runs"
     """Folder that receives one `<recipe>-<timestamp>` folder per run."""
+    strategy: Literal["auto", "ddp", "fsdp", "zero2", "zero3"] = "auto"
+    """Several GPUs (GPUS=N): ddp, fsdp, or DeepSpeed zero2/zero3 with CPU offload; auto: zero2 for full, else ddp."""
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,9 @@ def check(recipe: Recipe) -> list[tuple[str, str]]:
     need(t.method == "lora" or m.quantization == "none", "model.quantization",
          f"train.method={t.method} updates the base weights, which cannot be 4- or 8-bit: set "
          "model.quantization=none")
+    need(t.strategy not in ("fsdp", "zero3") or m.quantization == "none", "train.strategy",
+         f"{t.strategy} shards the weights across GPUs, which cannot be 4- or 8-bit: set model.quantization=none "
+         "or train.strategy=ddp")
     need(recipe.eval.samples >= 1, "eval.samples", f"must be at least 1, got {recipe.eval.samples}")
     need(recipe.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be at least 1")
     need(recipe.eval.batch_size >= 1, "eval.batch_size", "must be at least 1")

@@ -49,10 +49,22 @@ def choose_backend(model: ModelConfig, hardware: Hardware) -> str:
 def start_engine(recipe: Recipe, hardware: Hardware) -> str:
     """Choose the backend and, for Unsloth, import it now: it patches transformers, TRL and PEFT, so it must
     come before any of them is imported (the tokenizer and the chat template load them)."""
-    backend = choose_backend(recipe.model, hardware)
+    backend = training_backend(recipe, hardware)
     if backend == "unsloth":
         import unsloth  # noqa: F401
     return backend
+
+
+def training_backend(recipe: Recipe, hardware: Hardware) -> str:
+    """`choose_backend`, except that sharded multi-GPU strategies (FSDP, ZeRO) always use transformers + PEFT."""
+    from trainer.distributed import strategy_of, uses_unsloth
+
+    if uses_unsloth(recipe):
+        return choose_backend(recipe.model, hardware)
+    if recipe.model.backend == "unsloth":
+        raise UserError(f"Unsloth does not run under train.strategy={strategy_of(recipe)}", where="model.backend",
+                        fix="use model.backend=auto (transformers + PEFT there) or train.strategy=ddp")
+    return "transformers"
 
 
 def load_tokenizer(model: ModelConfig):
@@ -97,7 +109,7 @@ def load_for_training(recipe: Recipe, hardware: Hardware, tokenizer) -> Loaded:
     """The base model with its trainable part, ready for the trainer."""
     from transformers import set_seed
 
-    backend = choose_backend(recipe.model, hardware)
+    backend = training_backend(recipe, hardware)
     if recipe.model.quantization != "none" and not hardware.cuda:
         raise UserError(f"{recipe.model.quantization} loading needs a CUDA GPU", where="model.quantization",
                         fix="set model.quantization=none to train in full precision on this machine")
@@ -110,14 +122,17 @@ def load_for_training(recipe: Recipe, hardware: Hardware, tokenizer) -> Loaded:
 
 
 def _unsloth_model(recipe: Recipe, hardware: Hardware):
-    from unsloth import FastLanguageModel  # noqa: I001  (unsloth must be imported before transformers/peft)
+    from unsloth import FastLanguageModel  # unsloth must be imported before transformers/peft
+
+    from trainer.distributed import launched, local_rank
 
     m, lora, method = recipe.model, recipe.lora, recipe.train.method
     model, _ = FastLanguageModel.from_pretrained(
         model_name=base_path(m), max_seq_length=m.max_seq_length, dtype=torch_dtype(m, hardware),
         load_in_4bit=m.quantization == "4bit", load_in_8bit=m.quantization == "8bit",
         full_finetuning=method != "lora", trust_remote_code=m.trust_remote_code,
-        use_gradient_checkpointing="unsloth" if recipe.train.gradient_checkpointing else False)
+        use_gradient_checkpointing="unsloth" if recipe.train.gradient_checkpointing else False,
+        **({"device_map": {"": local_rank()}} if launched() else {}))  # DDP: one whole model per GPU
     if method == "lora":
         model = FastLanguageModel.get_peft_model(
             model, r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -137,6 +152,8 @@ def _transformers_base(recipe: Recipe, hardware: Hardware, path: str):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from trainer.distributed import local_rank, sharded
+
     m = recipe.model
     kwargs: dict[str, Any] = dict(dtype=torch_dtype(m, hardware), trust_remote_code=m.trust_remote_code,
                                   use_safetensors=True)
@@ -147,13 +164,13 @@ def _transformers_base(recipe: Recipe, hardware: Hardware, path: str):
             load_in_4bit=m.quantization == "4bit", load_in_8bit=m.quantization == "8bit",
             bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=kwargs["dtype"])
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": local_rank()}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise _load_error(path, exc) from None
-    if hardware.cuda and m.quantization == "none":
-        model = model.to(torch.device("cuda"))
+    if hardware.cuda and m.quantization == "none" and not sharded(recipe):
+        model = model.to(torch.device("cuda", local_rank()))
     return model
 
 

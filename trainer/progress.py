@@ -11,6 +11,7 @@ import time
 
 from transformers import TrainerCallback
 
+from trainer.distributed import world_size
 from trainer.runs import RunLog
 from trainer.template import IGNORE
 
@@ -58,8 +59,9 @@ class ProgressBar(TrainerCallback):
         logs = dict(logs or {})
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         if "loss" in logs and self.in_training:
-            logs["trained_tokens_per_s"] = round(self.counter.trained / elapsed, 1)
-            logs["tokens_per_s"] = round(self.counter.tokens / elapsed, 1)
+            scale = world_size()  # each process counts its own batches; they are alike on average
+            logs["trained_tokens_per_s"] = round(scale * self.counter.trained / elapsed, 1)
+            logs["tokens_per_s"] = round(scale * self.counter.tokens / elapsed, 1)
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}",
                                      tok_s=f"{logs['tokens_per_s']:.0f}", refresh=False)

@@ -97,25 +97,34 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 class RunLog:
-    """Prints to the console and appends the same lines to `train.log` once the run folder exists."""
+    """Prints to the console and appends the same lines to `train.log` once the run folder exists.
 
-    def __init__(self) -> None:
+    A quiet log (the processes other than rank 0 of a multi-GPU run) says and writes nothing."""
+
+    def __init__(self, quiet: bool = False) -> None:
         self.path: Path | None = None
         self.pending: list[str] = []
+        self.quiet = quiet
 
     def attach(self, path: Path) -> None:
+        if self.quiet:
+            return
         self.path = Path(path)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.writelines(line + "\n" for line in self.pending)
         self.pending.clear()
 
     def say(self, text: str = "", console: bool = True) -> None:
+        if self.quiet:
+            return
         if console:
             print(text, file=sys.stdout, flush=True)
         for line in text.splitlines() or [""]:
             self.record(line)
 
     def record(self, line: str) -> None:
+        if self.quiet:
+            return
         if self.path is None:
             self.pending.append(line)
         else:

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from trainer.config import Recipe
 from trainer.data import Prepared
+from trainer.distributed import is_main, sum_over_processes, wait_for_everyone, world_size
 from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.model import Loaded, trainable_summary
@@ -45,10 +46,13 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
     elapsed = time.perf_counter() - started
     final_eval = final_evaluation(trainer) if prepared.eval else {}
     save_weights(trainer, loaded, run_dir)
-    trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
-    metrics = summarize(result, final_eval, trainer.state.log_history, counter, elapsed, loaded, hardware)
-    write_json(run_dir / "metrics.json", metrics)
-    plot_loss(trainer.state.log_history, run_dir / "loss_curve.png", f"{recipe.name}: {recipe.model.base}")
+    trained, tokens = sum_over_processes(counter.trained, counter.tokens)
+    metrics = summarize(result, final_eval, trainer.state.log_history, (int(trained), int(tokens)), elapsed,
+                        loaded, hardware)
+    if is_main():
+        trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
+        write_json(run_dir / "metrics.json", metrics)
+        plot_loss(trainer.state.log_history, run_dir / "loss_curve.png", f"{recipe.name}: {recipe.model.base}")
     return metrics
 
 
@@ -161,6 +165,7 @@ def sft_config(recipe: Recipe, hardware: Hardware, backend: str, run_dir: Path, 
         max_length=recipe.model.max_seq_length, packing=t.packing, loss_type=_loss_type(recipe, hardware, backend),
         dataset_num_proc=None, disable_tqdm=True, use_cpu=not hardware.cuda,
         dataloader_pin_memory=hardware.cuda,
+        ddp_find_unused_parameters=False,  # every trainable weight takes part in each step (multi-GPU only)
     )
 
 
@@ -180,30 +185,38 @@ def make_optimizer(recipe: Recipe, model):
 def save_weights(trainer, loaded: Loaded, run_dir: Path) -> Path:
     """Adapter (or full model) and tokenizer into `adapter/`, written aside and renamed when complete."""
     final, tmp = run_dir / ADAPTER, run_dir / f".{ADAPTER}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    extra = {}
-    if hasattr(trainer.model, "peft_config"):  # LoRA on embeddings: the vocabulary is unchanged, keep the base's
-        extra["save_embedding_layers"] = False
-    trainer.model.save_pretrained(str(tmp), safe_serialization=True, **extra)
-    loaded.tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    if is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        trainer.save_model(str(tmp))  # every process takes part: the shards are gathered, rank 0 writes
+    elif is_main():
+        extra = {}
+        if hasattr(trainer.model, "peft_config"):  # LoRA on embeddings: the vocabulary is unchanged, keep the base's
+            extra["save_embedding_layers"] = False
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True, **extra)
+    if is_main():
+        loaded.tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    wait_for_everyone()
     return final
 
 
-def summarize(result, final_eval: dict, history: list[dict], counter: TokenCounter, elapsed: float,
+def summarize(result, final_eval: dict, history: list[dict], counts: tuple[int, int], elapsed: float,
               loaded: Loaded, hardware: Hardware) -> dict:
+    """`counts`: trained and input tokens, summed over all processes."""
+    trained, tokens = counts
     losses = [h["loss"] for h in history if "loss" in h]
     metrics = {
-        "backend": loaded.backend, "device": hardware.name,
+        "backend": loaded.backend, "device": hardware.name, "processes": world_size(),
         "steps": result.global_step, "train_runtime_s": round(elapsed, 2),
         "train_loss_mean": round(result.training_loss, 6),
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "eval_loss": final_eval.get("eval_loss"),
         "eval_perplexity": _perplexity(final_eval.get("eval_loss")),
-        "trained_tokens": counter.trained, "input_tokens": counter.tokens,
-        "trained_tokens_per_s": round(counter.trained / max(elapsed, 1e-9), 1),
-        "tokens_per_s": round(counter.tokens / max(elapsed, 1e-9), 1),
+        "trained_tokens": trained, "input_tokens": tokens,
+        "trained_tokens_per_s": round(trained / max(elapsed, 1e-9), 1),
+        "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
     }
     if hardware.cuda:
         import torch
