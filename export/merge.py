@@ -40,8 +40,14 @@ def merge_run(run_dir: Path, recipe: Recipe) -> Merged:
     if target.is_dir():
         return Merged(target, 0.0, True, 0)
     started = time.perf_counter()
-    if not (adapter / "adapter_config.json").is_file():  # full or freeze runs saved the whole model
+    if recipe.train.method != "lora":  # full or freeze runs saved the whole model
+        if not (adapter / "config.json").is_file():
+            raise UserError("the run has no trained model (adapter/config.json is missing)", where=str(adapter),
+                            fix="train the recipe again; this folder is damaged")
         return Merged(adapter, 0.0, True, 0)
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError("the run has no LoRA adapter (adapter/adapter_config.json is missing)", where=str(adapter),
+                        fix="train the recipe again; this folder is damaged")
     base = base_folder(recipe)
     with building(target) as out:
         deltas = read_adapter(adapter)

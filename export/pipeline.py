@@ -39,11 +39,11 @@ def export_run(run_dir: Path, recipe: Recipe, quants: list[str], verify: bool = 
     """Merge, convert, quantize and (unless told not to) verify; every step skips work already done."""
     started = time.perf_counter()
     quants = [check_quant_type(q) for q in quants]
-    out = run_dir / GGUF_DIR
-    out.mkdir(exist_ok=True)
     stem = run_dir.name
     say("merging the adapter into the 16-bit base...")
     merged = merge_run(run_dir, recipe)
+    out = run_dir / GGUF_DIR  # made only once the merge worked, so a refused export leaves nothing behind
+    out.mkdir(exist_ok=True)
     f16 = convert(merged.path, out / f"{stem}-f16.gguf", "f16", chat_template=r1_chat_template())
     steps = [f16]
     for qtype in quants:

@@ -1,0 +1,129 @@
+"""`make gguf` on a real (tiny, CPU) training run: merge, convert, quantize, verify, Modelfile, chat, re-run, errors.
+
+Needs llama.cpp's tools (built once into R1TUNE_CACHE) and llama-cpp-python, like the other `llamacpp` tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.llamacpp
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished news run on the tiny model (LoRA on every linear layer, the embeddings and the head)."""
+    out = tmp_path_factory.mktemp("runs")
+    done = run("-m", "trainer", "train", "news", "profile=cpu", "train.max_steps=12", "train.eval_steps=null",
+               "data.val_size=0", f"train.output_dir={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = out.glob("news-*")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def exported(trained: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    return trained, run("-m", "export", "gguf", str(trained), "--quant", "q8_0")
+
+
+def test_make_gguf_writes_verified_files_and_a_modelfile(exported):
+    run_dir, done = exported
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    names = sorted(p.name for p in (run_dir / "gguf").glob("*.gguf"))
+    assert names == [f"{run_dir.name}-f16.gguf", f"{run_dir.name}-q8_0.gguf"]
+    report = json.loads((run_dir / "gguf" / "export.json").read_text())
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["passed"] and set(checks) >= {"merge", "tokenization", "chat_template", "greedy", "top1_agreement"}
+    assert checks["merge"]["numbers"]["max_relative_error"] <= 1e-4  # float32 tiny base: exact up to rounding
+    assert (run_dir / "gguf" / "Modelfile").read_text().startswith(f"FROM ./{run_dir.name}-q8_0.gguf")
+    assert "llama-cli -m" in done.stdout and "ollama create" in done.stdout
+    assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]  # nothing left half-written
+
+
+def test_merged_folder_loads_in_transformers_and_differs_from_the_base(exported, tiny_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, _ = exported
+    merged = AutoModelForCausalLM.from_pretrained(str(run_dir / "merged"), dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_path), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "merged"))
+    assert tokenizer.chat_template.startswith("{% if not add_generation_prompt is defined %}")  # the original R1
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[name], base.state_dict()[name])  # the adapter went in
+
+
+def test_a_second_run_skips_finished_steps(exported):
+    run_dir, _ = exported
+    before = {p: p.stat().st_mtime_ns for p in (run_dir / "gguf").glob("*.gguf")}
+    again = run("-m", "export", "gguf", str(run_dir), "--quant", "q8_0", "--no-verify")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    files = json.loads((run_dir / "gguf" / "export.json").read_text())["files"]
+    assert all(f["skipped"] for f in files)
+
+
+def test_chat_with_the_gguf_answers_once(exported):
+    run_dir, _ = exported
+    done = run("-m", "export", "chat", str(run_dir), "--prompt", "新闻分类:央行宣布下调存款准备金率",
+               "--max-new-tokens", "24", "--temperature", "0", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip()
+
+
+@pytest.mark.parametrize(("make_target", "message"), [
+    (lambda tmp, trained: tmp / "missing", "run folder not found"),
+    (lambda tmp, trained: unfinished(tmp, trained), "did not finish"),
+    (lambda tmp, trained: without_adapter(tmp, trained), "adapter"),
+    (lambda tmp, trained: with_unavailable_base(tmp, trained), "deepseek-ai/DeepSeek-R1-Distill-Qwen-404B"),
+])
+def test_refusals_exit_2_with_one_line(make_target, message, tmp_path, trained):
+    target = make_target(tmp_path, trained)
+    done = run("-m", "export", "gguf", str(target), "--quant", "q8_0", timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 or done.stderr.count("error:") == 1
+    assert not (Path(target) / "gguf").exists() or Path(target) == trained
+
+
+def test_an_unknown_quant_type_exits_2(trained):
+    done = run("-m", "export", "gguf", str(trained), "--quant", "q3_fancy", timeout=120)
+    assert done.returncode == 2 and "q3_fancy" in done.stderr and "q4_k_m" in done.stderr
+
+
+def copy_run(tmp: Path, trained: Path) -> Path:
+    target = tmp / trained.name
+    shutil.copytree(trained, target, ignore=shutil.ignore_patterns("gguf", "merged"))
+    return target
+
+
+def unfinished(tmp: Path, trained: Path) -> Path:
+    target = copy_run(tmp, trained)
+    (target / "COMPLETE").unlink()
+    return target
+
+
+def without_adapter(tmp: Path, trained: Path) -> Path:
+    target = copy_run(tmp, trained)
+    shutil.rmtree(target / "adapter")
+    return target
+
+
+def with_unavailable_base(tmp: Path, trained: Path) -> Path:
+    target = copy_run(tmp, trained)
+    config = target / "config.yaml"
+    config.write_text(config.read_text().replace("base: tiny", "base: deepseek-ai/DeepSeek-R1-Distill-Qwen-404B"))
+    return target
