@@ -138,8 +138,11 @@ def load_rows(path: Path) -> tuple[WorkloadSpec, list[dict[str, Any]]]:
 
 def percentiles(values: list[int], qs=(10, 50, 90, 99, 100)) -> dict[str, int]:
     ordered = sorted(values)
-    pick = lambda q: ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-    return {f"p{q}": pick(q) for q in qs}
+    return {f"p{q}": ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))] for q in qs}
+
+
+def mean(values: list[int]) -> float:
+    return round(sum(values) / max(len(values), 1), 1)
 
 
 def statistics(rows: list[dict[str, Any]], spec: WorkloadSpec, tokenizer) -> dict[str, Any]:
@@ -150,7 +153,6 @@ def statistics(rows: list[dict[str, Any]], spec: WorkloadSpec, tokenizer) -> dic
     parts = {key: [len(tokenizer(r[key], add_special_tokens=False)["input_ids"]) for r in rows]
              for key in ("question", "reasoning", "answer")}
     seed_kept = [min(t, spec.seed_length) for t in totals]
-    mean = lambda xs: round(sum(xs) / max(len(xs), 1), 1)
     return {
         "rows": len(rows), "spec": asdict(spec),
         "mean_total_tokens": mean(totals), "mean_trained_tokens": mean(trained), "mean_prompt_tokens": mean(prompts),

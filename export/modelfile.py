@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import UserError
+from trainer.runs import write_text
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
@@ -94,7 +95,7 @@ def write_modelfile(out_dir: Path, gguf_name: str, *, system: str | None = None,
     """
     path = Path(out_dir) / "Modelfile"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_modelfile(gguf_name, system=system, parameters=parameters), encoding="utf-8")
+    write_text(path, render_modelfile(gguf_name, system=system, parameters=parameters))  # atomic: never half a file
     return path
 
 

@@ -68,8 +68,8 @@ def test_a_real_process_prints_no_traceback(tmp_path):
     path = data_file(tmp_path, "d.jsonl", b'{"conversations": 3}\n')
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-m", "trainer", "train", "news", f"data.path={path}",
-                             "data.val_size=0", f"train.output_dir={tmp_path / 'runs'}"], capture_output=True, text=True,
-                            cwd=tmp_path, env=env, timeout=300)
+                             "data.val_size=0", f"train.output_dir={tmp_path / 'runs'}"], capture_output=True,
+                            text=True, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path}:1: field 'conversations'")
