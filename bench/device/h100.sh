@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What runs on the H100 test machine (see ../shared/device/README.md), one stage per device call:
-#   bash bench/device/h100.sh tests|bench-1.5b|bench-7b|export-eval|final
+#   bash bench/device/h100.sh tests|bench-1.5b|bench-7b|export-eval|final|next
 # Carry .devsite (site.tgz: unsloth, trl, bitsandbytes, datasets, jieba; llama-trim.tar.gz: llama.cpp's sources
 # and vocabularies from the pinned llama-cpp-python sdist) and .benchtok (the real R1 tokenizers).
 set -uo pipefail
@@ -40,4 +40,14 @@ case $stage in
     timeout 110 python3 bench/eval_speed.py --shape qwen-1.5b --prompts 32 --batch-sizes 8,32 --tokenizers $T \
       --out "$OUT/eval-1.5b.json" > "$OUT/eval-1.5b.log" 2>&1; tail -4 "$OUT/eval-1.5b.log"
     wait; tail -4 "$OUT/export-7b.log" ;;
+  next)  # what 2026-11-25 left unmeasured: the card profiles on 7B, the Llama-8B shape, the 7B export
+    python3 -m bench --shapes qwen-7b,llama-8b --order variant --variants p-4060,p-4090,d,c,a --steps 6 \
+      --tokenizers $T --budget-s 400 --child-timeout 150 --out "$OUT/bench-next.json" --logs-tgz "$OUT/logs-next.tgz" \
+      > "$OUT/bench-next.log" 2>&1 &
+    bench=$!
+    for i in $(seq 1 60); do [ -f /tmp/bench/shapes/qwen-7b/bench_shape.json ] && break; sleep 3; done
+    timeout 480 python3 -m bench export --shape qwen-7b --quant q4_k_m --tokenizers $T \
+      --out "$OUT/export-7b.json" > "$OUT/export-7b.log" 2>&1
+    cp /tmp/r1cache/*.failed.log "$OUT/" 2>/dev/null
+    wait $bench; tail -14 "$OUT/bench-next.log"; tail -4 "$OUT/export-7b.log" ;;
 esac
