@@ -9,7 +9,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 
 from trainer.cli import main
 from trainer.config import check
-from trainer.distributed import CONFIG_DIR, check_launch, launch_command, strategy_of
+from trainer.distributed import CONFIG_DIR, check_launch, cpu_environment, launch_command, strategy_of
 from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.recipe import find_recipe, load_recipe
@@ -69,15 +69,29 @@ def test_refused_before_any_process_starts():
         check_launch(recipe(), 2, GPU, gpus_found=1)
     cpu = Hardware(False)
     with pytest.raises(UserError, match="needs CUDA GPUs"):
-        check_launch(recipe("train.strategy=fsdp", "model.quantization=none", hardware=cpu), 2, cpu, 0)
+        check_launch(recipe("train.strategy=zero2", "model.quantization=none", hardware=cpu), 2, cpu, 0)
     assert check_launch(recipe("model.quantization=none", hardware=cpu), 2, cpu, 0) == "ddp"
+    fsdp = recipe("train.strategy=fsdp", "model.quantization=none", hardware=cpu)
+    assert check_launch(fsdp, 2, cpu, 0) == "fsdp"
+
+
+def test_cpu_processes_get_the_fsdp_settings_accelerate_would_give_them():
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    assert cpu_environment("ddp") == {}
+    ours = cpu_environment("fsdp")
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(
+        launch_command("fsdp", 2, True, ["train"])[3:]))
+    theirs = prepare_multi_gpu_env(args)
+    assert ours["ACCELERATE_USE_FSDP"] == "true" and ours["FSDP_VERSION"] == "2"
+    assert {k: theirs[k] for k in ours} == ours
 
 
 def test_cli_reports_a_strategy_the_machine_cannot_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("trainer.hardware.detect", lambda: Hardware(False))
     code = main(["train", "news", "profile=cpu", "train.strategy=zero3", "model.quantization=none",
                  f"train.output_dir={tmp_path}", "--gpus", "2"])
-    assert code == 2 and "train.strategy=zero3 needs CUDA GPUs" in capsys.readouterr().err
+    assert code == 2 and "train.strategy=zero3 (DeepSpeed) needs CUDA GPUs" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
 
 

@@ -3,7 +3,7 @@
 The parent validates the recipe, picks the strategy (DDP, FSDP, DeepSpeed ZeRO-2/3; configs in
 `trainer/launch/`), chooses the run folder and launches through `accelerate launch`. Each copy trains its share
 of every batch; only rank 0 writes the run folder. Without CUDA the copies are CPU processes joined over gloo
-(`torch.distributed.run`): that checks the distributed path (tests do), it is not a speed-up.
+(`torch.distributed.run`; DDP or FSDP): that checks the distributed path (tests do), it is not a speed-up.
 """
 from __future__ import annotations
 
@@ -54,9 +54,10 @@ def check_launch(recipe: Recipe, processes: int, hardware: Hardware, gpus_found:
     if hardware.cuda and processes > gpus_found:
         raise UserError(f"GPUS={processes} but this machine has {gpus_found} CUDA GPU(s)", where="GPUS",
                         fix=f"use GPUS={gpus_found} or fewer")
-    if not hardware.cuda and strategy != "ddp":
-        raise UserError(f"train.strategy={strategy} needs CUDA GPUs; without them only ddp runs (CPU processes "
-                        "over gloo)", where="train.strategy", fix="set train.strategy=ddp, or run on GPUs")
+    if not hardware.cuda and strategy.startswith("zero"):
+        raise UserError(f"train.strategy={strategy} (DeepSpeed) needs CUDA GPUs; without them ddp and fsdp run as "
+                        "CPU processes over gloo", where="train.strategy",
+                        fix="set train.strategy=ddp or fsdp, or run on GPUs")
     if strategy.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
         raise UserError(f"train.strategy={strategy} needs DeepSpeed, which is not installed", where="train.strategy",
                         fix='.venv/bin/pip install -e ".[deepspeed]", or use train.strategy=ddp or fsdp')
@@ -69,9 +70,22 @@ def launch_command(strategy: str, processes: int, cuda: bool, train_argv: list[s
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 str(CONFIG_DIR / f"{strategy}.yaml"), "--num_processes", str(processes),
                 "-m", "trainer", *train_argv]
-    # accelerate starts several CPU processes only through MPI; torch's own launcher needs nothing extra.
+    # accelerate starts several CPU processes only through MPI; torch's own launcher needs nothing extra, and
+    # `cpu_environment` passes on what accelerate would have told the processes about FSDP.
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
             "-m", "trainer", *train_argv]
+
+
+def cpu_environment(strategy: str) -> dict[str, str]:
+    """The variables `accelerate launch` sets from this strategy's config (FSDP's), for CPU processes."""
+    import yaml
+
+    config = yaml.safe_load((CONFIG_DIR / f"{strategy}.yaml").read_text(encoding="utf-8"))
+    if config["distributed_type"] != "FSDP":
+        return {}
+    values = {key.upper(): str(value).lower() if isinstance(value, bool) else str(value)
+              for key, value in config["fsdp_config"].items()}
+    return {"ACCELERATE_USE_FSDP": "true", **values}
 
 
 def uses_unsloth(recipe: Recipe) -> bool:

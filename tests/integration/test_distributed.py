@@ -1,4 +1,5 @@
-"""Two training processes (CPU, gloo) equal one process with the same global batch: gradients are synchronised.
+"""Two training processes (CPU, gloo) equal one process with the same global batch: gradients are synchronised
+(DDP, LoRA) and shards are gathered (FSDP, full fine-tune).
 
 The control: one process with only one process's share of the batch ends elsewhere, so the comparison can fail.
 """
@@ -34,6 +35,10 @@ def adapter(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
+def full_model(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / "model.safetensors"))
+
+
 def losses(run: Path) -> list[float]:
     history = json.loads((run / "trainer_state.json").read_text())["log_history"]
     return [h["loss"] for h in history if "loss" in h]
@@ -57,4 +62,16 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     same, control = largest_difference(adapter(two), adapter(one)), largest_difference(adapter(half), adapter(one))
     assert control > 1e-3  # a different batch really moves the weights elsewhere
     assert same < 1e-4, f"2 processes vs 1: max weight difference {same} (half batch: {control})"
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+
+
+def test_fsdp_full_fine_tune_on_two_processes_equals_one(tmp_path):
+    full = ("train.method=full", "train.strategy=fsdp", "train.max_steps=3")
+    two = train(tmp_path / "two", 4, *full, "--gpus", "2")
+    one = train(tmp_path / "one", 8, *full)
+
+    assert json.loads((two / "metrics.json").read_text())["processes"] == 2
+    sharded, whole = full_model(two), full_model(one)
+    assert sharded.keys() == whole.keys() and len(whole) > 20  # the gathered full state dict, every tensor
+    assert largest_difference(sharded, whole) < 1e-4
     assert losses(two) == pytest.approx(losses(one), rel=1e-5)
