@@ -13,8 +13,7 @@ from trainer import config as schema
 from trainer.config import Recipe
 from trainer.errors import UserError
 from trainer.hardware import Hardware
-from trainer.recipe import (ConfigError, find_recipe, load_recipe, load_resolved, parse_override,
-                            save_resolved)
+from trainer.recipe import ConfigError, find_recipe, load_recipe, load_resolved, parse_override, save_resolved
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 CPU, RTX4060, RTX4090, H100 = (Hardware(False), Hardware(True, "RTX 4060", 7.6),
