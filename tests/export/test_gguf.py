@@ -428,3 +428,15 @@ def _operand(tokens: list[str], dot: Any, scopes: list[dict[str, Any]]) -> tuple
 
 def _truthy(value: Any) -> bool:
     return bool(value)
+
+
+def test_only_required_checks_fail_an_export() -> None:
+    from export.cli import check_mark
+    from export.pipeline import is_required
+
+    low = verify.CheckResult("top1_agreement", False, "76% agreement", {"file": "run-q4_k_m.gguf"})
+    high = verify.CheckResult("top1_agreement", False, "90% agreement", {"file": "run-q8_0.gguf"})
+    merge = verify.CheckResult("merge", False, "off", {})
+    assert [is_required(c) for c in (low, high, merge)] == [False, True, True]
+    assert [check_mark(c) for c in (low, high, merge)] == ["note", "FAIL", "FAIL"]
+    assert check_mark(verify.CheckResult("greedy", True, "ok", {})).strip() == "ok"
