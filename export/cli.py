@@ -5,19 +5,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.errors import UserError
+from trainer.errors import UserError, run_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return args.command(args) or 0
-    except UserError as error:
-        print(f"error: {error.render()}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted (finished files are kept; run again to continue)", file=sys.stderr)
-        return 130
+    return run_command(_parser().parse_args(argv),
+                       interrupted="interrupted (finished files are kept; run again to continue)")
 
 
 def gguf_command(args) -> int:

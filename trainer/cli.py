@@ -6,25 +6,16 @@ becomes one message on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from trainer.distributed import is_main, launched
-from trainer.errors import UserError
+from trainer.errors import UserError, run_command
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return args.command(args) or 0
-    except UserError as error:
-        print(f"error: {error.render()}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return run_command(_parser().parse_args(argv))
 
 
 def train_command(args) -> int:

@@ -4,6 +4,8 @@ Entry points catch it, print one message and exit with code 2; nothing else shou
 """
 from __future__ import annotations
 
+import sys
+
 
 class UserError(Exception):
     """A problem in a recipe, an override, a data file or the command line that the user can fix.
@@ -32,3 +34,15 @@ def at(path: object, line: int | None = None, key: str | None = None) -> str:
     if key:
         text += f": {key}"
     return text
+
+
+def run_command(args, interrupted: str = "interrupted") -> int:
+    """Run a parsed CLI command (`args.command(args)`): a UserError is one line on stderr and exit code 2."""
+    try:
+        return args.command(args) or 0
+    except UserError as error:
+        print(f"error: {error.render()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{interrupted}", file=sys.stderr)
+        return 130
