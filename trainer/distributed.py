@@ -88,14 +88,14 @@ def cpu_environment(strategy: str) -> dict[str, str]:
     return {"ACCELERATE_USE_FSDP": "true", **values}
 
 
-def uses_unsloth(recipe: Recipe) -> bool:
-    """Unsloth runs under DDP (one whole model per GPU); sharded strategies go through transformers + PEFT."""
-    return not launched() or strategy_of(recipe) == "ddp"
-
-
 def sharded(recipe: Recipe) -> bool:
     """FSDP or DeepSpeed: the launcher's engine places and partitions the weights, not our loading code."""
     return launched() and strategy_of(recipe) != "ddp"
+
+
+def uses_unsloth(recipe: Recipe) -> bool:
+    """Unsloth runs under DDP (one whole model per GPU); sharded strategies go through transformers + PEFT."""
+    return not sharded(recipe)
 
 
 def sum_over_processes(*values: float) -> list[float]:
