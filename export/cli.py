@@ -54,11 +54,11 @@ def chat_command(args) -> int:
     from export.chat import run_gguf_chat
     from export.pipeline import GGUF_DIR
 
-    target = Path(args.target)
-    if target.is_dir():  # a run folder: its f16 file is the one closest to the trained weights
-        from trainer.evaluate import resolve_run
+    from trainer.evaluate import resolve_run
 
-        found = sorted((resolve_run(args.target) / GGUF_DIR).glob("*-f16.gguf"))
+    target = resolve_run(args.target) if args.target == "latest" else Path(args.target)
+    if target.is_dir():  # a run folder: its f16 file is the one closest to the trained weights
+        found = sorted((target / GGUF_DIR).glob("*-f16.gguf"))
         if not found:
             raise UserError("no GGUF in this run yet", where=str(target), fix=f"run make gguf RUN={target} first")
         target = found[0]
@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="skip the checks (they load the merged model in float32: 4 bytes per parameter of RAM)")
     gguf.set_defaults(command=gguf_command)
     chat = commands.add_parser("chat", help="chat with a GGUF file (or a run's f16 GGUF) via llama-cpp-python")
-    chat.add_argument("target", help="a .gguf file or a run folder")
+    chat.add_argument("target", nargs="?", default="latest",
+                      help="a .gguf file, a run folder, or `latest` (default: the newest finished run)")
     chat.add_argument("--prompt", help="answer this once and exit")
     chat.add_argument("--max-new-tokens", type=int, default=1024)
     chat.add_argument("--temperature", type=float, default=0.6)

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+def run(*args: str, timeout: int = 900, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,15 @@ def test_chat_with_the_gguf_answers_once(exported):
     run_dir, _ = exported
     done = run("-m", "export", "chat", str(run_dir), "--prompt", "新闻分类:央行宣布下调存款准备金率",
                "--max-new-tokens", "24", "--temperature", "0", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip()
+
+
+def test_chat_gguf_defaults_to_the_latest_run(exported, tmp_path):
+    run_dir, _ = exported
+    (tmp_path / "runs").symlink_to(run_dir.parent)  # `make chat-gguf` runs `python -m export chat latest` here
+    done = run("-m", "export", "chat", "--prompt", "新闻分类:球队夺冠", "--max-new-tokens", "8", "--temperature", "0",
+               timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip()
 
