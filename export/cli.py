@@ -53,7 +53,6 @@ def check_mark(check) -> str:
 def chat_command(args) -> int:
     from export.chat import run_gguf_chat
     from export.pipeline import GGUF_DIR
-
     from trainer.evaluate import resolve_run
 
     target = resolve_run(args.target) if args.target == "latest" else Path(args.target)
