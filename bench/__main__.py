@@ -1,4 +1,4 @@
-"""`python -m bench [run] ...`, `python -m bench packing-check ...`, `export-tokenizers`, `merge`.
+"""`python -m bench [run] ...`, `python -m bench packing-check ...`, `scaling`, `export-tokenizers`, `merge`.
 
 On the H100 (tokenizers carried from `python -m bench export-tokenizers .benchtok/tokenizers.tgz`):
     python3 -m bench --shapes qwen-7b,llama-8b --order variant --variants d,c,a,b,d-pack --steps 8 \\
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from trainer.errors import UserError
 
-COMMANDS = ("run", "packing-check", "export-tokenizers", "merge", "export", "_child")
+COMMANDS = ("run", "packing-check", "scaling", "export-tokenizers", "merge", "export", "_child")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
                                   Path(args.out))
             print(json.dumps({k: v for k, v in result.items() if k != "stdout_tail"}, indent=2))
             return 0
+        if args.command == "scaling":
+            from bench.scaling import scaling
+
+            return scaling(args, command)
         from bench import runner
 
         if args.command == "packing-check":
@@ -83,7 +87,7 @@ def _common(p: argparse.ArgumentParser, shapes: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,packing-check,export-tokenizers,merge}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,packing-check,scaling,export-tokenizers,merge}")
     run = sub.add_parser("run", help="benchmark variants on shapes (the default command)")
     _common(run, "qwen-1.5b,qwen-7b,llama-8b")
     run.add_argument("--variants", default="all", help="comma list of a, b, b-pack, c, d, d-pack, d-bs8, d-bs4, "
@@ -98,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--backends", default="transformers,unsloth", help="comma list of transformers, unsloth")
     check.add_argument("--attn", default="", help="comma list of attention implementations to force "
                                                   "(transformers backend; default: the model's own)")
+    scale = sub.add_parser("scaling", help="a recipe on 1 and N GPUs through --gpus N: scaling efficiency")
+    _common(scale, "")
+    scale.add_argument("--cases", default="qwen-7b:lora:ddp,qwen-1.5b:full:zero2",
+                       help="comma list of shape:method:strategy (default qwen-7b:lora:ddp,qwen-1.5b:full:zero2)")
+    scale.add_argument("--gpus", default="1,2", help="process counts to run each case with (default 1,2)")
+    scale.add_argument("--set", nargs="*", help="more recipe overrides for every run, e.g. train.packing=false")
     tokenizers = sub.add_parser("export-tokenizers", help="write the qwen and llama tokenizers into one .tgz")
     tokenizers.add_argument("dest")
     export = sub.add_parser("export", help="time make gguf (merge, convert, quantize) on a shape")

@@ -163,7 +163,7 @@ def versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "unsloth_zoo",
-                 "bitsandbytes", "xformers", "flash_attn"):
+                 "bitsandbytes", "xformers", "flash_attn", "deepspeed"):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -32,16 +32,54 @@ def test_each_strategy_launches_accelerate_with_its_config(strategy, mode, stage
     assert getattr(args, mode) and args.num_processes == 4
     assert args.module and args.training_script == "trainer"
     assert args.training_script_args == ["train", "medical", "--run-dir", "/x"]
-    if stage:
-        assert args.zero_stage == stage and args.offload_optimizer_device == "cpu"
-        assert args.offload_param_device == ("cpu" if stage == 3 else "none")
+    if stage:  # the DeepSpeed settings come from the JSON beside the yaml, by absolute path
+        assert Path(args.deepspeed_config_file) == CONFIG_DIR / f"{strategy}.json"
+        assert Path(args.deepspeed_config_file).is_absolute()
 
 
 def test_every_shipped_config_is_one_accelerate_reads():
     configs = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     assert configs == ["ddp", "fsdp", "zero2", "zero3"]
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.json")) == ["zero2", "zero3"]
     fsdp = load_config_from_file(str(CONFIG_DIR / "fsdp.yaml"))
     assert fsdp.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # saved weights load as they are
+
+
+@pytest.mark.parametrize(("strategy", "stage", "params_on"), [("zero2", 2, None), ("zero3", 3, "cpu")])
+def test_deepspeed_gets_the_recipe_and_its_own_cpu_optimizer(strategy, stage, params_on, monkeypatch):
+    """What a training process builds from the launch: accelerate's plugin, then the Trainer fills in the recipe."""
+    from accelerate.utils import DeepSpeedPlugin
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    for key, value in cpu_environment(strategy).items():
+        monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()  # raises if the yaml set a field that the JSON file must own
+    config = HfTrainerDeepSpeedConfig(plugin.hf_ds_config.config)
+    args = TrainingArguments(output_dir="/tmp/unused", per_device_train_batch_size=3, gradient_accumulation_steps=5,
+                             learning_rate=2e-4, weight_decay=0.01, max_grad_norm=0.7, bf16=True, use_cpu=True)
+    config.trainer_config_process(args)
+    ds = config.config
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (3, 5)
+    assert ds["gradient_clipping"] == 0.7 and ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    # DeepSpeed refuses a client optimizer beside CPU offload: the config must name one (it becomes its CPU Adam)
+    assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["lr"] == 2e-4
+    assert ds["optimizer"]["params"]["weight_decay"] == 0.01
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == stage and zero["offload_optimizer"]["device"] == "cpu"
+    assert zero.get("offload_param", {}).get("device") == params_on
+
+
+def test_cpu_processes_get_the_deepspeed_settings_accelerate_would_give_them():
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    ours = cpu_environment("zero2")
+    args, defaults, mixed_from_config = _validate_launch_command(launch_command_parser().parse_args(
+        launch_command("zero2", 2, True, ["train"])[3:]))
+    args.deepspeed_fields_from_accelerate_config = ",".join(
+        [*defaults.deepspeed_config, *(["mixed_precision"] if mixed_from_config else [])])
+    _, theirs = prepare_deepspeed_cmd_env(args)
+    assert {k: theirs[k] for k in ours} == ours
 
 
 def test_without_cuda_the_processes_are_started_by_torch():
@@ -68,9 +106,13 @@ def test_refused_before_any_process_starts():
     with pytest.raises(UserError, match="has 1 CUDA GPU"):
         check_launch(recipe(), 2, GPU, gpus_found=1)
     cpu = Hardware(False)
-    with pytest.raises(UserError, match="needs CUDA GPUs"):
-        check_launch(recipe("train.strategy=zero2", "model.quantization=none", hardware=cpu), 2, cpu, 0)
+    with pytest.raises(UserError, match="DeepSpeed's own CPU AdamW"):
+        check_launch(recipe("train.strategy=zero2", "train.optimizer=adamw_8bit"), 2, GPU, 2)
+    with pytest.raises(UserError, match="LoRA\\+ builds its own optimizer"):
+        check_launch(recipe("train.strategy=zero2", "lora.loraplus_lr_ratio=16"), 2, GPU, 2)
     assert check_launch(recipe("model.quantization=none", hardware=cpu), 2, cpu, 0) == "ddp"
+    zero3 = recipe("train.strategy=zero3", "model.quantization=none", hardware=cpu)
+    assert check_launch(zero3, 2, cpu, 0) == "zero3"  # DeepSpeed runs as CPU processes too
     fsdp = recipe("train.strategy=fsdp", "model.quantization=none", hardware=cpu)
     assert check_launch(fsdp, 2, cpu, 0) == "fsdp"
 
@@ -89,9 +131,10 @@ def test_cpu_processes_get_the_fsdp_settings_accelerate_would_give_them():
 
 def test_cli_reports_a_strategy_the_machine_cannot_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("trainer.hardware.detect", lambda: Hardware(False))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "deepspeed" else object())
     code = main(["train", "news", "profile=cpu", "train.strategy=zero3", "model.quantization=none",
                  f"train.output_dir={tmp_path}", "--gpus", "2"])
-    assert code == 2 and "train.strategy=zero3 (DeepSpeed) needs CUDA GPUs" in capsys.readouterr().err
+    assert code == 2 and "train.strategy=zero3 needs DeepSpeed, which is not installed" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
 
 

@@ -28,7 +28,7 @@ def train_command(args) -> int:
 
     hardware = detect()
     recipe = _recipe(args, hardware)
-    if (args.gpus or 1) > 1 and not launched():
+    if args.gpus is not None and not launched():
         return launch_training(args, recipe, hardware)
     start_engine(recipe, hardware)
     resume_dir, checkpoint = resumable(recipe) if args.resume else (None, None)
@@ -63,11 +63,15 @@ def launch_training(args, recipe, hardware) -> int:
     from trainer.distributed import check_launch, cpu_environment, launch_command
     from trainer.runs import new_run_dir
 
+    if args.gpus < 1:
+        raise UserError(f"GPUS={args.gpus}: the number of processes must be at least 1", where="GPUS",
+                        fix="use GPUS=1 or more, or leave GPUS out for a plain single-process run")
     strategy = check_launch(recipe, args.gpus, hardware, torch.cuda.device_count())
     load_conversations(recipe)  # bad data is reported here, once, rather than by every process
     run_dir = resumable(recipe)[0] if args.resume else new_run_dir(recipe.train.output_dir, recipe.name)
-    where = f"{args.gpus} GPUs" if hardware.cuda else \
-        f"{args.gpus} CPU processes over gloo (no CUDA: a check of the path, not faster)"
+    plural = "" if args.gpus == 1 else "s"
+    where = f"{args.gpus} GPU{plural}" if hardware.cuda else \
+        f"{args.gpus} CPU process{'' if args.gpus == 1 else 'es'} over gloo (no CUDA: a check of the path, not faster)"
     print(f"launching {strategy} on {where}; run folder {run_dir}", flush=True)
     argv = ["train", args.recipe, *args.overrides, "--run-dir", str(run_dir), *(["--resume"] if args.resume else [])]
     env = None if hardware.cuda else {**os.environ, **cpu_environment(strategy)}
@@ -185,8 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the newest unfinished run of this recipe from its last checkpoint")
     train.add_argument("--gpus", type=int, metavar="N",
-                       help="train on N GPUs through accelerate (train.strategy picks DDP, FSDP or ZeRO); "
-                            "without CUDA, N CPU processes over gloo")
+                       help="train on N GPUs through accelerate (train.strategy picks DDP, FSDP or ZeRO; "
+                            "N=1 with zero2/zero3 offloads to the CPU on one card); without CUDA, N CPU processes")
     train.add_argument("--run-dir", help=argparse.SUPPRESS)  # chosen by the --gpus parent for its processes
     train.set_defaults(command=train_command)
     preview = commands.add_parser("preview", help="show rendered training examples with the trained span")

@@ -3,7 +3,8 @@
 The parent validates the recipe, picks the strategy (DDP, FSDP, DeepSpeed ZeRO-2/3; configs in
 `trainer/launch/`), chooses the run folder and launches through `accelerate launch`. Each copy trains its share
 of every batch; only rank 0 writes the run folder. Without CUDA the copies are CPU processes joined over gloo
-(`torch.distributed.run`; DDP or FSDP): that checks the distributed path (tests do), it is not a speed-up.
+(`torch.distributed.run`; DDP, FSDP, or DeepSpeed with its CPU Adam): that checks the distributed path (tests do),
+it is not a speed-up.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from trainer.errors import UserError
 from trainer.hardware import Hardware
 
 CONFIG_DIR = Path(__file__).resolve().parent / "launch"
-"""The accelerate configs, one per strategy: ddp.yaml, fsdp.yaml, zero2.yaml, zero3.yaml."""
+"""The accelerate configs, one per strategy (ddp, fsdp, zero2, zero3 .yaml), and DeepSpeed's (zero2, zero3 .json)."""
 
 
 def rank() -> int:
@@ -37,8 +38,8 @@ def is_main() -> bool:
 
 
 def launched() -> bool:
-    """True inside one of several processes started by `launch`."""
-    return world_size() > 1
+    """True inside a process started by a launcher (accelerate, torchrun), even the only one of GPUS=1."""
+    return "LOCAL_RANK" in os.environ
 
 
 def strategy_of(recipe: Recipe) -> str:
@@ -54,38 +55,50 @@ def check_launch(recipe: Recipe, processes: int, hardware: Hardware, gpus_found:
     if hardware.cuda and processes > gpus_found:
         raise UserError(f"GPUS={processes} but this machine has {gpus_found} CUDA GPU(s)", where="GPUS",
                         fix=f"use GPUS={gpus_found} or fewer")
-    if not hardware.cuda and strategy.startswith("zero"):
-        raise UserError(f"train.strategy={strategy} (DeepSpeed) needs CUDA GPUs; without them ddp and fsdp run as "
-                        "CPU processes over gloo", where="train.strategy",
-                        fix="set train.strategy=ddp or fsdp, or run on GPUs")
     if strategy.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
         raise UserError(f"train.strategy={strategy} needs DeepSpeed, which is not installed", where="train.strategy",
                         fix='.venv/bin/pip install -e ".[deepspeed]", or use train.strategy=ddp or fsdp')
+    if strategy.startswith("zero") and recipe.train.optimizer not in ("auto", "adamw_torch"):
+        raise UserError(f"train.strategy={strategy} keeps the optimizer on the CPU and uses DeepSpeed's own CPU AdamW, "
+                        f"not train.optimizer={recipe.train.optimizer}", where="train.optimizer",
+                        fix="set train.optimizer=auto, or train.strategy=ddp or fsdp")
+    if strategy.startswith("zero") and recipe.train.method == "lora" and recipe.lora.loraplus_lr_ratio is not None:
+        raise UserError(f"LoRA+ builds its own optimizer, and train.strategy={strategy} uses DeepSpeed's CPU AdamW",
+                        where="lora.loraplus_lr_ratio", fix="set train.strategy=ddp, or lora.loraplus_lr_ratio=null")
     return strategy
 
 
 def launch_command(strategy: str, processes: int, cuda: bool, train_argv: list[str]) -> list[str]:
     """The command (an argument list, never a shell line) that starts `processes` copies of `train_argv`."""
     if cuda:
+        # The yaml names its DeepSpeed file relative to the project root; the absolute path works from anywhere.
+        zero = strategy.startswith("zero")
+        deepspeed = ["--deepspeed_config_file", str(CONFIG_DIR / f"{strategy}.json")] if zero else []
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(CONFIG_DIR / f"{strategy}.yaml"), "--num_processes", str(processes),
+                str(CONFIG_DIR / f"{strategy}.yaml"), *deepspeed, "--num_processes", str(processes),
                 "-m", "trainer", *train_argv]
     # accelerate starts several CPU processes only through MPI; torch's own launcher needs nothing extra, and
-    # `cpu_environment` passes on what accelerate would have told the processes about FSDP.
+    # `cpu_environment` passes on what accelerate would have told the processes about FSDP or DeepSpeed.
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
             "-m", "trainer", *train_argv]
 
 
 def cpu_environment(strategy: str) -> dict[str, str]:
-    """The variables `accelerate launch` sets from this strategy's config (FSDP's), for CPU processes."""
+    """The variables `accelerate launch` sets from this strategy's config (FSDP's, DeepSpeed's), for CPU processes."""
     import yaml
 
     config = yaml.safe_load((CONFIG_DIR / f"{strategy}.yaml").read_text(encoding="utf-8"))
-    if config["distributed_type"] != "FSDP":
-        return {}
-    values = {key.upper(): str(value).lower() if isinstance(value, bool) else str(value)
-              for key, value in config["fsdp_config"].items()}
-    return {"ACCELERATE_USE_FSDP": "true", **values}
+    if config["distributed_type"] == "FSDP":
+        values = {key.upper(): str(value).lower() if isinstance(value, bool) else str(value)
+                  for key, value in config["fsdp_config"].items()}
+        return {"ACCELERATE_USE_FSDP": "true", **values}
+    if config["distributed_type"] == "DEEPSPEED":
+        fields = config["deepspeed_config"]
+        return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_MIXED_PRECISION": "no",
+                "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(CONFIG_DIR / f"{strategy}.json"),
+                "ACCELERATE_DEEPSPEED_ZERO3_INIT": str(fields["zero3_init_flag"]).lower(),
+                "ACCELERATE_CONFIG_DS_FIELDS": ",".join(fields)}
+    return {}
 
 
 def sharded(recipe: Recipe) -> bool:

@@ -62,6 +62,7 @@ class ProgressBar(TrainerCallback):
             scale = world_size()  # each process counts its own batches; they are alike on average
             logs["trained_tokens_per_s"] = round(scale * self.counter.trained / elapsed, 1)
             logs["tokens_per_s"] = round(scale * self.counter.tokens / elapsed, 1)
+            logs["elapsed_s"] = round(elapsed, 3)  # with the rates above: tokens between any two log lines
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}",
                                      tok_s=f"{logs['tokens_per_s']:.0f}", refresh=False)

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # What runs on the H100 test machine (see ../shared/device/README.md), one stage per device call:
-#   bash bench/device/h100.sh tests|bench-1.5b|bench-7b|export-eval|final|next
+#   bash bench/device/h100.sh tests|bench-1.5b|bench-7b|export-eval|final|next|multi|next2
 # Carry .devsite (site.tgz: unsloth, trl, bitsandbytes, datasets, jieba; llama-trim.tar.gz: llama.cpp's sources
-# and vocabularies from the pinned llama-cpp-python sdist) and .benchtok (the real R1 tokenizers).
+# and vocabularies from the pinned llama-cpp-python sdist; deepspeed.tgz from bench/device/deepspeed_bundle.sh)
+# and .benchtok (the real R1 tokenizers). multi and next2 are for a machine with two GPUs (nvidia-h100-x2).
 set -uo pipefail
 stage=${1:?stage}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 mkdir -p /tmp/site && tar xzf .devsite/site.tgz -C /tmp/site
+[ -f .devsite/deepspeed.tgz ] && tar xzf .devsite/deepspeed.tgz -C /tmp/site
+# NVLink multicast stays off on shared multi-GPU hosts (see the device notes); children inherit these.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1 \
        PYTHONUNBUFFERED=1 R1TUNE_CACHE=/tmp/r1cache LLAMA_CPP_SDIST=$PWD/.devsite/llama-trim.tar.gz
 T=.benchtok/tokenizers.tgz
@@ -50,4 +54,26 @@ case $stage in
       --out "$OUT/export-7b.json" > "$OUT/export-7b.log" 2>&1
     cp /tmp/r1cache/*.failed.log "$OUT/" 2>/dev/null
     wait $bench; tail -14 "$OUT/bench-next.log"; tail -4 "$OUT/export-7b.log" ;;
+  multi)  # issue 7: ZeRO-2 full fine-tune of 1.5B and DDP QLoRA of 7B, each on 1 and 2 GPUs via --gpus N
+    nvidia-smi -L >> "$OUT/env.txt"
+    python3 -m bench scaling --cases qwen-1.5b:full:zero2,qwen-7b:lora:ddp --gpus 1,2 --steps 6 --warmup 2 \
+      --tokenizers $T --budget-s 545 --child-timeout 240 --out "$OUT/scaling.json" --logs-tgz "$OUT/logs-scaling.tgz" \
+      2>&1 | tee "$OUT/scaling.log" | grep -v "^\s*$" | tail -30 ;;
+  next2)  # on two GPUs at once: 7B card profiles on GPU 0, Llama-8B on GPU 1, the 7B export on the CPUs, GPU tests
+    L=/tmp/logs2; mkdir -p $L
+    CUDA_VISIBLE_DEVICES=0 python3 -m bench --shapes qwen-7b --variants p-4060,p-4090 --steps 6 --tokenizers $T \
+      --budget-s 330 --child-timeout 160 --out "$OUT/bench-profiles.json" > $L/bench-profiles.log 2>&1 &
+    a=$!
+    CUDA_VISIBLE_DEVICES=1 python3 -m bench --shapes llama-8b --variants d,c,a --steps 6 --tokenizers $T \
+      --work /tmp/bench8 --budget-s 420 --child-timeout 160 --out "$OUT/bench-llama.json" > $L/bench-llama.log 2>&1 &
+    b=$!
+    for i in $(seq 1 60); do [ -f /tmp/bench/shapes/qwen-7b/bench_shape.json ] && break; sleep 3; done
+    timeout 420 python3 -m bench export --shape qwen-7b --quant q4_k_m --tokenizers $T \
+      --out "$OUT/export-7b.json" > $L/export-7b.log 2>&1 &
+    e=$!
+    wait $a; CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
+      > $L/gpu-tests.log 2>&1
+    wait $b $e; cp /tmp/r1cache/*.failed.log $L/ 2>/dev/null; cp -r /tmp/bench/logs $L/bench7b 2>/dev/null
+    cp -r /tmp/bench8/logs $L/bench8b 2>/dev/null; tar czf "$OUT/logs-next2.tgz" -C $L .
+    tail -3 $L/gpu-tests.log; tail -8 $L/bench-profiles.log; tail -8 $L/bench-llama.log; tail -4 $L/export-7b.log ;;
 esac

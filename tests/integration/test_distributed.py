@@ -1,5 +1,6 @@
 """Two training processes (CPU, gloo) equal one process with the same global batch: gradients are synchronised
-(DDP, LoRA) and shards are gathered (FSDP, full fine-tune).
+(DDP, LoRA) and shards are gathered (FSDP; DeepSpeed ZeRO-2/3 with the optimizer, and for ZeRO-3 the weights, in
+CPU memory: full fine-tunes).
 
 The control: one process with only one process's share of the batch ends elsewhere, so the comparison can fail.
 """
@@ -73,5 +74,19 @@ def test_fsdp_full_fine_tune_on_two_processes_equals_one(tmp_path):
     assert json.loads((two / "metrics.json").read_text())["processes"] == 2
     sharded, whole = full_model(two), full_model(one)
     assert sharded.keys() == whole.keys() and len(whole) > 20  # the gathered full state dict, every tensor
+    assert largest_difference(sharded, whole) < 1e-4
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_deepspeed_full_fine_tune_on_two_processes_equals_one(tmp_path, strategy):
+    """DeepSpeed's CPU Adam (compiled on first use) against the Trainer's AdamW in one process."""
+    full = ("train.method=full", "train.max_steps=3")
+    two = train(tmp_path / "two", 4, *full, f"train.strategy={strategy}", "--gpus", "2")
+    one = train(tmp_path / "one", 8, *full)
+
+    assert "DeepSpeed" in (two / "train.log").read_text() or json.loads((two / "metrics.json").read_text())
+    sharded, whole = full_model(two), full_model(one)
+    assert sharded.keys() == whole.keys() and len(whole) > 20  # ZeRO-3 gathers every partitioned weight to save
     assert largest_difference(sharded, whole) < 1e-4
     assert losses(two) == pytest.approx(losses(one), rel=1e-5)
