@@ -100,7 +100,7 @@ def run_one(r: Run, case: tuple[str, str, str], shape_dir: Path, data: Path, gpu
         return dict(entry, error=f"exit {code}", log_tail=_tail(log_path))
     metrics = json.loads((runs[-1] / "metrics.json").read_text(encoding="utf-8"))
     entry.update(steady_rate(runs[-1] / "train.log", r.args.warmup))
-    entry.update({k: metrics.get(k) for k in ("processes", "backend", "device", "peak_gpu_memory_gib",
+    entry.update({k: metrics.get(k) for k in ("processes", "engine", "backend", "device", "peak_gpu_memory_gib",
                                                "first_loss", "final_loss", "trained_tokens")})
     return entry
 
@@ -134,8 +134,9 @@ def efficiencies(runs: list[dict[str, Any]]) -> None:
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    head = "| shape | method | strategy | GPUs | trained tok/s | tok/s | step s | peak GiB (rank 0) | speedup | efficiency |"
-    lines = [head, "|" + "---|" * 10]
+    columns = ["shape", "method", "strategy", "GPUs", "trained tok/s", "tok/s", "step s", "peak GiB (rank 0)",
+               "speedup", "efficiency"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for x in runs:
         if x.get("error"):
             why = x["error"].splitlines()[0][:80]

@@ -9,7 +9,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 
 from trainer.cli import main
 from trainer.config import check
-from trainer.distributed import CONFIG_DIR, check_launch, cpu_environment, launch_command, strategy_of
+from trainer.distributed import CONFIG_DIR, check_launch, launch_command, strategy_of
 from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.recipe import find_recipe, load_recipe
@@ -52,7 +52,7 @@ def test_deepspeed_gets_the_recipe_and_its_own_cpu_optimizer(strategy, stage, pa
     from transformers import TrainingArguments
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
-    for key, value in cpu_environment(strategy).items():
+    for key, value in accelerate_environment(strategy).items():
         monkeypatch.setenv(key, value)
     plugin = DeepSpeedPlugin()  # raises if the yaml set a field that the JSON file must own
     config = HfTrainerDeepSpeedConfig(plugin.hf_ds_config.config)
@@ -70,16 +70,16 @@ def test_deepspeed_gets_the_recipe_and_its_own_cpu_optimizer(strategy, stage, pa
     assert zero.get("offload_param", {}).get("device") == params_on
 
 
-def test_cpu_processes_get_the_deepspeed_settings_accelerate_would_give_them():
+def accelerate_environment(strategy: str) -> dict[str, str]:
+    """The ACCELERATE_* variables `accelerate launch` gives each process for this strategy (as on GPUs)."""
     from accelerate.utils.launch import prepare_deepspeed_cmd_env
 
-    ours = cpu_environment("zero2")
     args, defaults, mixed_from_config = _validate_launch_command(launch_command_parser().parse_args(
-        launch_command("zero2", 2, True, ["train"])[3:]))
+        launch_command(strategy, 2, True, ["train"])[3:]))
     args.deepspeed_fields_from_accelerate_config = ",".join(
         [*defaults.deepspeed_config, *(["mixed_precision"] if mixed_from_config else [])])
-    _, theirs = prepare_deepspeed_cmd_env(args)
-    assert {k: theirs[k] for k in ours} == ours
+    _, env = prepare_deepspeed_cmd_env(args)
+    return {k: v for k, v in env.items() if k.startswith("ACCELERATE_")}
 
 
 def test_without_cuda_the_processes_are_started_by_torch():
@@ -111,31 +111,29 @@ def test_refused_before_any_process_starts():
     with pytest.raises(UserError, match="LoRA\\+ builds its own optimizer"):
         check_launch(recipe("train.strategy=zero2", "lora.loraplus_lr_ratio=16"), 2, GPU, 2)
     assert check_launch(recipe("model.quantization=none", hardware=cpu), 2, cpu, 0) == "ddp"
-    zero3 = recipe("train.strategy=zero3", "model.quantization=none", hardware=cpu)
-    assert check_launch(zero3, 2, cpu, 0) == "zero3"  # DeepSpeed runs as CPU processes too
-    fsdp = recipe("train.strategy=fsdp", "model.quantization=none", hardware=cpu)
-    assert check_launch(fsdp, 2, cpu, 0) == "fsdp"
-
-
-def test_cpu_processes_get_the_fsdp_settings_accelerate_would_give_them():
-    from accelerate.utils.launch import prepare_multi_gpu_env
-
-    assert cpu_environment("ddp") == {}
-    ours = cpu_environment("fsdp")
-    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(
-        launch_command("fsdp", 2, True, ["train"])[3:]))
-    theirs = prepare_multi_gpu_env(args)
-    assert ours["ACCELERATE_USE_FSDP"] == "true" and ours["FSDP_VERSION"] == "2"
-    assert {k: theirs[k] for k in ours} == ours
+    for strategy in ("fsdp", "zero2", "zero3"):  # accelerate would quietly run these as DDP on CPU processes
+        sharded = recipe(f"train.strategy={strategy}", "model.quantization=none", hardware=cpu)
+        with pytest.raises(UserError, match="CPU processes \\(gloo\\) run DDP only"):
+            check_launch(sharded, 2, cpu, 0)
 
 
 def test_cli_reports_a_strategy_the_machine_cannot_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("trainer.hardware.detect", lambda: Hardware(False))
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "deepspeed" else object())
-    code = main(["train", "news", "profile=cpu", "train.strategy=zero3", "model.quantization=none",
+    code = main(["train", "news", "profile=cpu", "train.strategy=fsdp", "model.quantization=none",
                  f"train.output_dir={tmp_path}", "--gpus", "2"])
-    assert code == 2 and "train.strategy=zero3 needs DeepSpeed, which is not installed" in capsys.readouterr().err
+    assert code == 2 and "train.strategy=fsdp needs CUDA GPUs" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_missing_deepspeed_is_reported_before_anything_starts(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "deepspeed" else object())
+    with pytest.raises(UserError, match="needs DeepSpeed, which is not installed"):
+        check_launch(recipe("train.strategy=zero2", "model.quantization=none"), 2, GPU, 2)
+
+
+def test_a_process_count_below_one_is_refused(tmp_path, capsys):
+    code = main(["train", "news", "profile=cpu", f"train.output_dir={tmp_path}", "--gpus", "0"])
+    assert code == 2 and "GPUS=0" in capsys.readouterr().err
 
 
 def test_a_process_of_a_foreign_launch_is_told_how_to_start(monkeypatch):

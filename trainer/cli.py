@@ -54,13 +54,12 @@ def train_command(args) -> int:
 
 def launch_training(args, recipe, hardware) -> int:
     """`--gpus N`: check what can be checked once, choose the run folder, start N training processes."""
-    import os
     import subprocess
 
     import torch
 
     from trainer.data import load_conversations
-    from trainer.distributed import check_launch, cpu_environment, launch_command
+    from trainer.distributed import check_launch, launch_command
     from trainer.runs import new_run_dir
 
     if args.gpus < 1:
@@ -74,8 +73,7 @@ def launch_training(args, recipe, hardware) -> int:
         f"{args.gpus} CPU process{'' if args.gpus == 1 else 'es'} over gloo (no CUDA: a check of the path, not faster)"
     print(f"launching {strategy} on {where}; run folder {run_dir}", flush=True)
     argv = ["train", args.recipe, *args.overrides, "--run-dir", str(run_dir), *(["--resume"] if args.resume else [])]
-    env = None if hardware.cuda else {**os.environ, **cpu_environment(strategy)}
-    return subprocess.run(launch_command(strategy, args.gpus, hardware.cuda, argv), env=env, check=False).returncode
+    return subprocess.run(launch_command(strategy, args.gpus, hardware.cuda, argv), check=False).returncode
 
 
 def run_folder(args, recipe, resume_dir: Path | None) -> Path:

@@ -3,8 +3,8 @@
 The parent validates the recipe, picks the strategy (DDP, FSDP, DeepSpeed ZeRO-2/3; configs in
 `trainer/launch/`), chooses the run folder and launches through `accelerate launch`. Each copy trains its share
 of every batch; only rank 0 writes the run folder. Without CUDA the copies are CPU processes joined over gloo
-(`torch.distributed.run`; DDP, FSDP, or DeepSpeed with its CPU Adam): that checks the distributed path (tests do),
-it is not a speed-up.
+(`torch.distributed.run`, DDP only: accelerate sets up FSDP and DeepSpeed for GPUs alone): that checks the
+distributed path (tests do), it is not a speed-up.
 """
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ def check_launch(recipe: Recipe, processes: int, hardware: Hardware, gpus_found:
     if hardware.cuda and processes > gpus_found:
         raise UserError(f"GPUS={processes} but this machine has {gpus_found} CUDA GPU(s)", where="GPUS",
                         fix=f"use GPUS={gpus_found} or fewer")
+    if not hardware.cuda and strategy != "ddp":
+        # accelerate sets up FSDP and DeepSpeed only for GPUs: CPU processes would silently run plain DDP
+        raise UserError(f"train.strategy={strategy} needs CUDA GPUs; CPU processes (gloo) run DDP only",
+                        where="train.strategy", fix="set train.strategy=ddp, or run on GPUs")
     if strategy.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
         raise UserError(f"train.strategy={strategy} needs DeepSpeed, which is not installed", where="train.strategy",
                         fix='.venv/bin/pip install -e ".[deepspeed]", or use train.strategy=ddp or fsdp')
@@ -77,28 +81,9 @@ def launch_command(strategy: str, processes: int, cuda: bool, train_argv: list[s
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 str(CONFIG_DIR / f"{strategy}.yaml"), *deepspeed, "--num_processes", str(processes),
                 "-m", "trainer", *train_argv]
-    # accelerate starts several CPU processes only through MPI; torch's own launcher needs nothing extra, and
-    # `cpu_environment` passes on what accelerate would have told the processes about FSDP or DeepSpeed.
+    # accelerate starts several CPU processes only through MPI; torch's own launcher needs nothing extra.
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
             "-m", "trainer", *train_argv]
-
-
-def cpu_environment(strategy: str) -> dict[str, str]:
-    """The variables `accelerate launch` sets from this strategy's config (FSDP's, DeepSpeed's), for CPU processes."""
-    import yaml
-
-    config = yaml.safe_load((CONFIG_DIR / f"{strategy}.yaml").read_text(encoding="utf-8"))
-    if config["distributed_type"] == "FSDP":
-        values = {key.upper(): str(value).lower() if isinstance(value, bool) else str(value)
-                  for key, value in config["fsdp_config"].items()}
-        return {"ACCELERATE_USE_FSDP": "true", **values}
-    if config["distributed_type"] == "DEEPSPEED":
-        fields = config["deepspeed_config"]
-        return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_MIXED_PRECISION": "no",
-                "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(CONFIG_DIR / f"{strategy}.json"),
-                "ACCELERATE_DEEPSPEED_ZERO3_INIT": str(fields["zero3_init_flag"]).lower(),
-                "ACCELERATE_CONFIG_DS_FIELDS": ",".join(fields)}
-    return {}
 
 
 def sharded(recipe: Recipe) -> bool:

@@ -49,6 +49,7 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
     trained, tokens = sum_over_processes(counter.trained, counter.tokens)
     metrics = summarize(result, final_eval, trainer.state.log_history, (int(trained), int(tokens)), elapsed,
                         loaded, hardware)
+    metrics["engine"] = engine_of(trainer)
     if is_main():
         trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
         write_json(run_dir / "metrics.json", metrics)
@@ -200,6 +201,15 @@ def save_weights(trainer, loaded: Loaded, run_dir: Path) -> Path:
         tmp.rename(final)
     wait_for_everyone()
     return final
+
+
+def engine_of(trainer) -> str:
+    """What actually ran the steps: deepspeed, fsdp, ddp (several processes) or single."""
+    if trainer.is_deepspeed_enabled:
+        return "deepspeed"
+    if trainer.is_fsdp_enabled:
+        return "fsdp"
+    return "ddp" if world_size() > 1 else "single"
 
 
 def summarize(result, final_eval: dict, history: list[dict], counts: tuple[int, int], elapsed: float,
