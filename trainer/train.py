@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 
 from trainer.config import Recipe
 from trainer.data import Prepared
-from trainer.distributed import is_main, sum_over_processes, wait_for_everyone, world_size
+from trainer.distributed import is_main, launched, sum_over_processes, wait_for_everyone, world_size
 from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.model import Loaded, trainable_summary
@@ -115,6 +115,9 @@ def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: 
 
     has_eval = bool(prepared.eval)
     args = sft_config(recipe, hardware, loaded.backend, run_dir, has_eval)
+    if hardware.cuda and not launched():
+        _ = args.device  # sets the GPU count, which the next line overrides
+        args._n_gpu = 1  # one process trains on one GPU: several GPUs go through GPUS=N (DDP), never DataParallel
     callbacks = []
     if recipe.train.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))

@@ -32,7 +32,7 @@ ARGS = ["news", "profile=cpu", "train.method=full", "model.quantization=none", "
 def train(out: Path, batch: int, *extra: str) -> Path:
     done = subprocess.run([sys.executable, "-m", "trainer", "train", *ARGS, f"train.batch_size={batch}",
                            f"train.output_dir={out}", *extra], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=400, check=False)
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}, timeout=400, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (run,) = out.glob("news-*")
     return run
