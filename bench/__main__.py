@@ -3,6 +3,9 @@
 On the H100 (tokenizers carried from `python -m bench export-tokenizers .benchtok/tokenizers.tgz`):
     python3 -m bench --shapes qwen-7b,llama-8b --order variant --variants d,c,a,b,d-pack --steps 8 \\
         --tokenizers .benchtok/tokenizers.tgz --budget-s 510 --out $OUT/bench2.json --logs-tgz $OUT/logs2.tgz
+On a machine with two GPUs, the product's own `--gpus N` on 1 and 2 GPUs (scaling efficiency):
+    python3 -m bench scaling --cases qwen-1.5b:full:zero2,qwen-7b:lora:ddp --gpus 1,2 --steps 6 --warmup 2 \
+        --tokenizers .benchtok/tokenizers.tgz --out $OUT/scaling.json
 On a CPU, with the embedded tiny model:
     python -m bench --shapes tiny --variants a,b --steps 2 --warmup 1 --no-4bit
     python -m bench packing-check --shapes tiny --backends transformers --attn sdpa,eager --no-4bit

@@ -22,8 +22,9 @@ from bench.runner import Run, ready_shapes
 from bench.variants import ROOT
 from bench.workload import load_rows
 
-GUESS_S = {"tiny": 60, "qwen-1.5b": 150, "qwen-7b": 200, "llama-8b": 220}
-"""First guess of one run's wall time (start-up included), for skipping what the budget cannot fit."""
+GUESS_S = {"tiny": 60, "qwen-1.5b": 150, "qwen-7b": 110, "llama-8b": 120}
+"""One run's wall time with 8 steps, start-up included (two H200s: 1.5B ZeRO-2 108-142 s, the first compiling
+DeepSpeed's CPU Adam; 7B DDP 82-97 s), for skipping what the budget cannot fit."""
 
 
 def parse_cases(text: str) -> list[tuple[str, str, str]]:
