@@ -90,7 +90,8 @@ def _common(p: argparse.ArgumentParser, shapes: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,packing-check,scaling,export-tokenizers,merge}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{run,packing-check,scaling,export-tokenizers,merge}")
     run = sub.add_parser("run", help="benchmark variants on shapes (the default command)")
     _common(run, "qwen-1.5b,qwen-7b,llama-8b")
     run.add_argument("--variants", default="all", help="comma list of a, b, b-pack, c, d, d-pack, d-bs8, d-bs4, "
