@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What runs on the H100 test machine (see ../shared/device/README.md), one stage per device call:
-#   bash bench/device/h100.sh tests|bench-1.5b|bench-7b|export-eval|final|next|multi|next2
+#   bash bench/device/h100.sh setup|tests|bench-1.5b|bench-7b|export-eval|final|next|multi|next2
+# (setup only unpacks the bundles and writes env.txt, for a command of your own after it)
 # Carry .devsite (site.tgz: unsloth, trl, bitsandbytes, datasets, jieba; llama-trim.tar.gz: llama.cpp's sources
 # and vocabularies from the pinned llama-cpp-python sdist; deepspeed.tgz from bench/device/deepspeed_bundle.sh)
 # and .benchtok (the real R1 tokenizers). multi and next2 are for a machine with two GPUs (nvidia-h100-x2).
@@ -19,6 +20,7 @@ T=.benchtok/tokenizers.tgz
   transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'unsloth', unsloth.__version__,
   'bitsandbytes', bitsandbytes.__version__)" 2>/dev/null | tail -1; date -u; } > "$OUT/env.txt"
 case $stage in
+  setup) ;;
   tests)
     python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -x 2>&1 | tee "$OUT/gpu-tests.log" | tail -30
     python3 -m bench packing-check --shapes qwen-1.5b --backends unsloth,transformers --tokenizers $T \
