@@ -219,26 +219,31 @@ def child(r: Run, job: dict, label: str, timeout: float) -> dict[str, Any]:
     job_path, result_path, log_path = jobs / f"{label}.json", jobs / f"{label}.result.json", logs / f"{label}.log"
     result_path.unlink(missing_ok=True)
     job_path.write_text(json.dumps(dict(job, result_path=str(result_path))), encoding="utf-8")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen([sys.executable, "-m", "bench", "_child", str(job_path)], cwd=str(r.work),
-                                   stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                   stdout=log, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            return {"error": f"timeout after {timeout:.0f} s", "log_tail": _tail(log_path)}
+            return {"error": f"timeout after {timeout:.0f} s", "log_tail": log_tail(log_path)}
     if not result_path.is_file():
-        return {"error": f"child exited with {process.returncode} and no result", "log_tail": _tail(log_path)}
+        return {"error": f"child exited with {process.returncode} and no result", "log_tail": log_tail(log_path)}
     outcome = json.loads(result_path.read_text(encoding="utf-8"))
     if outcome.get("error"):
-        outcome["log_tail"] = _tail(log_path)
+        outcome["log_tail"] = log_tail(log_path)
     return outcome
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def child_env() -> dict[str, str]:
+    """This environment, unbuffered, with the project first on PYTHONPATH (children run `-m bench`/`-m trainer`)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    return env
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
     except OSError:

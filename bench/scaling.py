@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.runner import Run, ready_shapes
+from bench.runner import Run, child_env, log_tail, ready_shapes
 from bench.variants import ROOT
 from bench.workload import load_rows
 
@@ -98,7 +98,7 @@ def run_one(r: Run, case: tuple[str, str, str], shape_dir: Path, data: Path, gpu
     entry["wall_s"] = round(time.time() - started, 1)
     runs = sorted(output_dir.glob("medical-*"))
     if code != 0 or not runs or not (runs[-1] / "metrics.json").is_file():
-        return dict(entry, error=f"exit {code}", log_tail=_tail(log_path))
+        return dict(entry, error=f"exit {code}", log_tail=log_tail(log_path))
     metrics = json.loads((runs[-1] / "metrics.json").read_text(encoding="utf-8"))
     entry.update(steady_rate(runs[-1] / "train.log", r.args.warmup))
     entry.update({k: metrics.get(k) for k in ("processes", "engine", "backend", "device", "peak_gpu_memory_gib",
@@ -107,10 +107,8 @@ def run_one(r: Run, case: tuple[str, str, str], shape_dir: Path, data: Path, gpu
 
 
 def _run(command: list[str], log_path: Path, timeout: float) -> int:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(command, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, env=env,
+        process = subprocess.Popen(command, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, env=child_env(),
                                    start_new_session=True)
         try:
             return process.wait(timeout=timeout)
@@ -118,10 +116,6 @@ def _run(command: list[str], log_path: Path, timeout: float) -> int:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             return -9
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
 def efficiencies(runs: list[dict[str, Any]]) -> None:
@@ -160,17 +154,19 @@ def scaling(args, command: str) -> int:
     r = Run(args, command)
     r.report.update(runs=[], versions=versions(), gpus=gpus, cases=args.cases,
                     efficiency_formula="trained tok/s on N GPUs / (N * trained tok/s on 1 GPU), same per-GPU batch")
-    for case in parse_cases(args.cases):
-        r.args.shapes = case[0]
-        for name, shape_dir, rows_path in ready_shapes(r, []):
-            data = write_medical_jsonl(rows_path, rows_path.with_suffix(".medical.jsonl"))
-            for n in gpus:
-                entry = run_one(r, case, shape_dir, data, n)
-                r.report["runs"].append(entry)
-                efficiencies(r.report["runs"])
-                r.save()
-                r.say(f"{name} {case[1]} {case[2]} x{n}: " + (entry["error"].splitlines()[0] if entry.get("error")
-                      else f"{entry['trained_tokens_per_s']:,.0f} trained tok/s, {entry['step_s']:.2f} s/step, "
-                           f"peak {entry.get('peak_gpu_memory_gib')} GiB ({entry['wall_s']:.0f} s)"))
+    cases = parse_cases(args.cases)
+    r.args.shapes = ",".join(dict.fromkeys(shape for shape, _, _ in cases))  # each shape built once
+    ready = {name: (path, rows) for name, path, rows in ready_shapes(r, [])}
+    for case in [c for c in cases if c[0] in ready]:
+        shape_dir, rows_path = ready[case[0]]
+        data = write_medical_jsonl(rows_path, rows_path.with_suffix(".medical.jsonl"))
+        for n in gpus:
+            entry = run_one(r, case, shape_dir, data, n)
+            r.report["runs"].append(entry)
+            efficiencies(r.report["runs"])
+            r.save()
+            r.say(f"{case[0]} {case[1]} {case[2]} x{n}: " + (entry["error"].splitlines()[0] if entry.get("error")
+                  else f"{entry['trained_tokens_per_s']:,.0f} trained tok/s, {entry['step_s']:.2f} s/step, "
+                       f"peak {entry.get('peak_gpu_memory_gib')} GiB ({entry['wall_s']:.0f} s)"))
     print("\n" + table(r.report["runs"]))
     return 0 if r.report["runs"] and all(not x.get("error") for x in r.report["runs"]) else 1
