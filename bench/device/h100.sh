@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # What runs on the H100 test machine (see ../shared/device/README.md), one stage per device call:
-#   bash bench/device/h100.sh setup|tests|bench-1.5b|bench-7b|export-eval|final|next|multi|next2
+#   bash bench/device/h100.sh setup|tests|bench-1.5b|bench-7b|export-eval|final|next|multi|next2|abcd
 # (setup only unpacks the bundles and writes env.txt, for a command of your own after it)
 # Carry .devsite (site.tgz: unsloth, trl, bitsandbytes, datasets, jieba; llama-trim.tar.gz: llama.cpp's sources
 # and vocabularies from the pinned llama-cpp-python sdist; deepspeed.tgz from bench/device/deepspeed_bundle.sh)
-# and .benchtok (the real R1 tokenizers). multi and next2 are for a machine with two GPUs (nvidia-h100-x2).
+# and .benchtok (the real R1 tokenizers). multi, next2 and abcd are for a machine with two GPUs (nvidia-h100-x2).
 set -uo pipefail
 stage=${1:?stage}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -78,4 +78,12 @@ case $stage in
     wait $b $e; cp /tmp/r1cache/*.failed.log $L/ 2>/dev/null; cp -r /tmp/bench/logs $L/bench7b 2>/dev/null
     cp -r /tmp/bench8/logs $L/bench8b 2>/dev/null; tar czf "$OUT/logs-next2.tgz" -C $L .
     tail -3 $L/gpu-tests.log; tail -8 $L/bench-profiles.log; tail -8 $L/bench-llama.log; tail -4 $L/export-7b.log ;;
+  abcd)  # all four variants in one run per shape: Qwen-7B on GPU 0, Llama-8B on GPU 1 (b first after d: it was missing)
+    L=/tmp/logsabcd; mkdir -p $L
+    CUDA_VISIBLE_DEVICES=0 python3 -m bench --shapes qwen-7b --variants d,b,c,a --steps 6 --tokenizers $T \
+      --budget-s 520 --child-timeout 200 --out "$OUT/bench-7b-abcd.json" > $L/bench-7b.log 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 python3 -m bench --shapes llama-8b --variants d,b,c,a --steps 6 --tokenizers $T \
+      --work /tmp/bench8 --budget-s 520 --child-timeout 200 --out "$OUT/bench-llama-abcd.json" > $L/bench-8b.log 2>&1 &
+    wait; cp -r /tmp/bench/logs $L/bench7b 2>/dev/null; cp -r /tmp/bench8/logs $L/bench8b 2>/dev/null
+    tar czf "$OUT/logs-abcd.tgz" -C $L .; tail -9 $L/bench-7b.log; tail -9 $L/bench-8b.log ;;
 esac
