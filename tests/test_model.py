@@ -1,6 +1,7 @@
 """Loading the trainable model: equal recipes start from equal adapters (what resume and comparisons rely on)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -27,3 +28,12 @@ def test_the_adapter_initialisation_follows_the_recipe_seed(tiny_path):
     assert lora_a and first.keys() == again.keys() == other.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in lora_a)
+
+
+def test_start_engine_without_cuda_tells_deepspeed_it_runs_on_the_cpu(monkeypatch, tiny_path):
+    from trainer.model import start_engine
+
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    recipe = load_recipe(find_recipe("news", ROOT / "recipes"), ["profile=cpu"], Hardware(False))
+    assert start_engine(recipe, Hardware(False)) == "transformers"
+    assert os.environ["DS_ACCELERATOR"] == "cpu"  # else DeepSpeed warns on every CPU run that it found no GPU

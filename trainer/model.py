@@ -7,6 +7,7 @@ or bitsandbytes, and only inside the functions that need them.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ def start_engine(recipe: Recipe, hardware: Hardware) -> str:
     """Choose the backend and, for Unsloth, import it now: it patches transformers, TRL and PEFT, so it must
     come before any of them is imported (the tokenizer and the chat template load them)."""
     backend = training_backend(recipe, hardware)
+    if not hardware.cuda:
+        # DeepSpeed (installed for multi-GPU runs) is imported by the Trainer and, left to detect the device,
+        # warns on every CPU run that it found no accelerator.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if backend == "unsloth":
         import unsloth  # noqa: F401
     return backend

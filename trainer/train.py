@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import logging
 import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -121,17 +123,52 @@ def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: 
     callbacks = []
     if recipe.train.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
-    trainer = SFTTrainer(
-        model=loaded.model, args=args, processing_class=loaded.tokenizer,
-        train_dataset=_dataset(Dataset, prepared.train),
-        eval_dataset=_dataset(Dataset, prepared.eval) if has_eval else None,
-        callbacks=callbacks, optimizers=(make_optimizer(recipe, loaded.model), None))
+    with packing_warnings_checked(loaded.model):
+        trainer = SFTTrainer(
+            model=loaded.model, args=args, processing_class=loaded.tokenizer,
+            train_dataset=_dataset(Dataset, prepared.train),
+            eval_dataset=_dataset(Dataset, prepared.eval) if has_eval else None,
+            callbacks=callbacks, optimizers=(make_optimizer(recipe, loaded.model), None))
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter  # counting happens where batches are built; see trainer.progress
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressBar(counter, log))
     return trainer, counter
+
+
+PACKING_CHECKED_ATTENTION = ("sdpa", "eager")
+"""Attention implementations for which packed rows were shown not to see each other (`python -m bench
+packing-check`: tests/bench/test_bench.py on the CPU, Unsloth and transformers on the H100)."""
+TRL_PACKING_WARNING = "not set to a supported Flash Attention variant"
+
+
+@contextmanager
+def packing_warnings_checked(model):
+    """Silence TRL's packing and padding-free warnings where we measured them to be false alarms.
+
+    TRL warns that packed rows may attend to each other unless attention is a flash kernel. In transformers 5,
+    SDPA and eager attention build a block-diagonal mask from the position ids that restart with each row, so
+    the warning only alarms users; for any other implementation it stays.
+    """
+    attention = getattr(model.config, "_attn_implementation", None)
+    sft_logger = logging.getLogger("trl.trainer.sft_trainer")
+    drop = _MessageFilter(TRL_PACKING_WARNING)
+    if attention in PACKING_CHECKED_ATTENTION:
+        sft_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        sft_logger.removeFilter(drop)
+
+
+class _MessageFilter(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
 
 
 def sft_config(recipe: Recipe, hardware: Hardware, backend: str, run_dir: Path, has_eval: bool):
