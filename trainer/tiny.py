@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -134,24 +134,33 @@ def _qwen2_backend(vocab_gguf: Path) -> Tokenizer:
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
     ])
     backend.decoder = decoders.ByteLevel()
-    # Added one by one so each lands on the next id, exactly as in the real tokenizer.
-    for content, special in ADDED_TOKENS:
+    add_in_id_order(backend, ADDED_TOKENS)
+    return backend
+
+
+def add_in_id_order(backend: Tokenizer, tokens: Iterable[tuple[str, bool]]) -> None:
+    """Add (text, special) tokens one by one, so each lands on the next id, exactly as in the real tokenizer."""
+    for content, special in tokens:
         token = AddedToken(content, special=special, normalized=False)
         if special:
             backend.add_special_tokens([token])
         else:
             backend.add_tokens([token])
-    return backend
 
 
 def build_r1_qwen_tokenizer(vocab_gguf: Path) -> transformers.PreTrainedTokenizerFast:
-    """Build the R1-Distill-Qwen tokenizer from llama.cpp's `ggml-vocab-qwen2.gguf`.
+    """Build the R1-Distill-Qwen tokenizer from llama.cpp's `ggml-vocab-qwen2.gguf`."""
+    return r1_tokenizer(_qwen2_backend(vocab_gguf))
 
-    Like the real one it adds bos when asked for special tokens (so text rendered by the chat template, which
+
+def r1_tokenizer(backend: Tokenizer) -> transformers.PreTrainedTokenizerFast:
+    """Wrap a tokenizer backend as the R1-Distill tokenizers (Qwen and Llama) are set up.
+
+    Like the real ones it adds bos when asked for special tokens (so text rendered by the chat template, which
     already starts with bos, must be encoded with `add_special_tokens=False`), pads with eos and has no unk.
     """
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=_qwen2_backend(vocab_gguf),
+        tokenizer_object=backend,
         bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=None,
         add_bos_token=True, add_eos_token=False,
         model_max_length=16_384, clean_up_tokenization_spaces=False,
@@ -160,16 +169,21 @@ def build_r1_qwen_tokenizer(vocab_gguf: Path) -> transformers.PreTrainedTokenize
 
 
 def tiny_model_path() -> Path:
-    """Return the cached tiny R1-Distill-Qwen folder, building it on first use.
+    """Return the cached tiny R1-Distill-Qwen folder, building it on first use."""
+    return cached_model("R1-Distill-Qwen", f"tiny-r1-distill-qwen-{TINY_VERSION}", build_tiny_model)
+
+
+def cached_model(label: str, folder: str, build: Callable[[Path], None]) -> Path:
+    """The cache folder `folder`, written by `build` on first use.
 
     The folder loads offline with `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`.
+    One flat, descriptive folder name: llama.cpp's converter derives the GGUF's general.name from it.
     """
-    # One flat, descriptive folder name: llama.cpp's converter derives the GGUF's general.name from it.
-    target = cache_dir() / f"tiny-r1-distill-qwen-{TINY_VERSION}"
+    target = cache_dir() / folder
     if not target.is_dir():  # `building` only ever leaves complete folders under this name
-        print(f"Building the tiny R1-Distill-Qwen model in {target} (once)...", file=sys.stderr, flush=True)
+        print(f"Building the tiny {label} model in {target} (once)...", file=sys.stderr, flush=True)
         with building(target) as out:
-            build_tiny_model(out)
+            build(out)
     return target
 
 
@@ -182,7 +196,12 @@ def build_tiny_model(out: Path) -> None:
         model = transformers.Qwen2ForCausalLM(config)
         with torch.no_grad():
             model.model.norm.weight.fill_(FINAL_NORM_GAIN)
-    model.generation_config = transformers.GenerationConfig(**GENERATION_CONFIG)
+    save_model(out, model, GENERATION_CONFIG, tokenizer)
+
+
+def save_model(out: Path, model, generation_config: dict, tokenizer) -> None:
+    """Model (safetensors) with its generation config, and tokenizer, as the real checkpoints ship them."""
+    model.generation_config = transformers.GenerationConfig(**generation_config)
     with _no_progress_bars():
         model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -7,18 +7,15 @@ named as in R1-Distill-Llama-8B, which is Llama-3.1 with five reserved slots ren
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 import transformers
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
-from trainer.cache import building, cache_dir
 from trainer.errors import UserError
-from trainer.template import r1_chat_template
-from trainer.tiny import _no_progress_bars, read_gguf_metadata
+from trainer.tiny import BOS, EOS, add_in_id_order, cached_model, r1_tokenizer, read_gguf_metadata, save_model
 from trainer.vendor import llama_cpp_source
 
 TINY_LLAMA_VERSION = "v1"
@@ -26,7 +23,7 @@ TINY_LLAMA_VERSION = "v1"
 
 VOCAB_SIZE = 128_256  # 128,000 byte-level BPE tokens + 256 special slots; the embedding has exactly these rows
 N_BASE_TOKENS = 128_000
-BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
+PAD = "<｜▁pad▁｜>"  # BOS and EOS are the same strings as in R1-Distill-Qwen
 BOS_ID, EOS_ID = 128_000, 128_001
 
 # Where R1-Distill-Llama differs from Llama-3.1 in the special slots, with the `special` flag. No public copy of
@@ -96,43 +93,18 @@ def _llama3_backend(vocab_gguf: Path) -> Tokenizer:
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
     ])
     backend.decoder = decoders.ByteLevel()
-    # Added one by one so each lands on the next id, exactly as in the real tokenizer.
-    for content, special in special_slots():
-        token = AddedToken(content, special=special, normalized=False)
-        if special:
-            backend.add_special_tokens([token])
-        else:
-            backend.add_tokens([token])
+    add_in_id_order(backend, special_slots())
     return backend
 
 
 def build_r1_llama_tokenizer(vocab_gguf: Path) -> transformers.PreTrainedTokenizerFast:
-    """Build the R1-Distill-Llama-8B tokenizer from llama.cpp's `ggml-vocab-llama-bpe.gguf`.
-
-    Like the real one it adds bos when asked for special tokens (so text rendered by the chat template, which
-    already starts with bos, must be encoded with `add_special_tokens=False`), pads with eos and has no unk.
-    """
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=_llama3_backend(vocab_gguf),
-        bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=None,
-        add_bos_token=True, add_eos_token=False,
-        model_max_length=16_384, clean_up_tokenization_spaces=False,
-        chat_template=r1_chat_template(),
-    )
+    """Build the R1-Distill-Llama-8B tokenizer from llama.cpp's `ggml-vocab-llama-bpe.gguf`."""
+    return r1_tokenizer(_llama3_backend(vocab_gguf))
 
 
 def tiny_llama_path() -> Path:
-    """Return the cached tiny R1-Distill-Llama folder, building it on first use.
-
-    The folder loads offline with `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`.
-    """
-    # One flat, descriptive folder name: llama.cpp's converter derives the GGUF's general.name from it.
-    target = cache_dir() / f"tiny-r1-distill-llama-{TINY_LLAMA_VERSION}"
-    if not target.is_dir():  # `building` only ever leaves complete folders under this name
-        print(f"Building the tiny R1-Distill-Llama model in {target} (once)...", file=sys.stderr, flush=True)
-        with building(target) as out:
-            build_tiny_llama(out)
-    return target
+    """Return the cached tiny R1-Distill-Llama folder, building it on first use."""
+    return cached_model("R1-Distill-Llama", f"tiny-r1-distill-llama-{TINY_LLAMA_VERSION}", build_tiny_llama)
 
 
 def build_tiny_llama(out: Path) -> None:
@@ -142,7 +114,4 @@ def build_tiny_llama(out: Path) -> None:
     with torch.random.fork_rng(devices=[]):  # seed the build without disturbing the caller's random state
         torch.manual_seed(0)
         model = transformers.LlamaForCausalLM(config)
-    model.generation_config = transformers.GenerationConfig(**GENERATION_CONFIG)
-    with _no_progress_bars():
-        model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    save_model(out, model, GENERATION_CONFIG, tokenizer)
