@@ -68,9 +68,9 @@ def launch_training(args, recipe, hardware) -> int:
     strategy = check_launch(recipe, args.gpus, hardware, torch.cuda.device_count())
     load_conversations(recipe)  # bad data is reported here, once, rather than by every process
     run_dir = resumable(recipe)[0] if args.resume else new_run_dir(recipe.train.output_dir, recipe.name)
-    plural = "" if args.gpus == 1 else "s"
-    where = f"{args.gpus} GPU{plural}" if hardware.cuda else \
-        f"{args.gpus} CPU process{'' if args.gpus == 1 else 'es'} over gloo (no CUDA: a check of the path, not faster)"
+    many = args.gpus > 1
+    where = f"{args.gpus} GPU{'s' * many}" if hardware.cuda else \
+        f"{args.gpus} CPU process{'es' * many} over gloo (no CUDA: a check of the path, not faster)"
     print(f"launching {strategy} on {where}; run folder {run_dir}", flush=True)
     argv = ["train", args.recipe, *args.overrides, "--run-dir", str(run_dir), *(["--resume"] if args.resume else [])]
     return subprocess.run(launch_command(strategy, args.gpus, hardware.cuda, argv), check=False).returncode
