@@ -83,3 +83,25 @@ def assert_one_error(capsys, code: int, expected: list[str], lines: int = 1) -> 
     assert err.startswith("error: ") and len(err.strip().splitlines()) == lines, err
     for part in expected:
         assert part in err, err
+
+
+IMPORT_ORDER_PROBE = """
+import sys
+import trainer.model
+from trainer.cli import main
+
+def probe(recipe, hardware):
+    print("LOADED", sorted(m for m in ("transformers", "trl", "peft") if m in sys.modules))
+    raise SystemExit(0)
+
+trainer.model.start_engine = probe
+main(["train", "news", "profile=cpu"])
+"""
+
+
+def test_train_starts_the_engine_before_transformers_trl_or_peft_is_imported():
+    # Unsloth patches these three on import and warns when it comes after them; start_engine imports it.
+    done = subprocess.run([sys.executable, "-c", IMPORT_ORDER_PROBE], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "LOADED []" in done.stdout, done.stdout

@@ -19,18 +19,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train_command(args) -> int:
-    from trainer.data import encode, load_conversations, save_conversations
     from trainer.hardware import detect
-    from trainer.model import load_for_training, load_tokenizer, start_engine
-    from trainer.recipe import save_resolved
-    from trainer.runs import RunLog, mark_complete
-    from trainer.train import train
+    from trainer.model import start_engine
 
     hardware = detect()
     recipe = _recipe(args, hardware)
     if args.gpus is not None and not launched():
         return launch_training(args, recipe, hardware)
     start_engine(recipe, hardware)
+    # Only now: trainer.train imports transformers, TRL and PEFT, which Unsloth (imported by start_engine) must
+    # patch first (tests/test_cli.py checks that none of them is loaded before start_engine).
+    from trainer.data import encode, load_conversations, save_conversations
+    from trainer.model import load_for_training, load_tokenizer
+    from trainer.recipe import save_resolved
+    from trainer.runs import RunLog, mark_complete
+    from trainer.train import train
+
     resume_dir, checkpoint = resumable(recipe) if args.resume else (None, None)
     log = RunLog(quiet=not is_main())
     log.say(banner(recipe, hardware))
