@@ -103,21 +103,6 @@ def quantize(src_gguf: Path, out_path: Path, qtype: str) -> Step:
     return Step(out_path, time.monotonic() - started)
 
 
-def export(hf_dir: Path, out_dir: Path, qtype: str, stem: str = "model") -> list[Step]:
-    """Make `<out_dir>/<stem>-<qtype>.gguf`, going through `<stem>-f16.gguf` for quantized types.
-
-    Returns the steps in order; the last one's path is the requested file.
-    """
-    qtype = check_quant_type(qtype)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    base = "bf16" if qtype == "bf16" else "f16"
-    steps = [convert(hf_dir, out_dir / f"{stem}-{base}.gguf", base)]
-    if qtype not in CONVERT_TYPES:
-        steps.append(quantize(steps[0].path, out_dir / f"{stem}-{qtype}.gguf", qtype))
-    return steps
-
-
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 

@@ -212,14 +212,6 @@ def check_chat_template(gguf: Path, expected: str | None = None) -> CheckResult:
                        {"chars": len(stored or "")}, (detail,))
 
 
-def verify_all(hf_dir: Path, f16_gguf: Path, quantized_gguf: Path | None = None) -> list[CheckResult]:
-    """Run every check: tokenizer, template and greedy on the f16 file, top-1 agreement on the quantized one."""
-    results = [check_tokenization(f16_gguf, hf_dir), check_chat_template(f16_gguf), check_greedy(f16_gguf, hf_dir)]
-    if quantized_gguf is not None:
-        results.append(check_top1_agreement(quantized_gguf, hf_dir))
-    return results
-
-
 @functools.lru_cache(maxsize=1)
 def _hf_tokenizer(hf_dir: str) -> Any:
     from transformers import AutoTokenizer

@@ -26,16 +26,6 @@ class UserError(Exception):
         return text
 
 
-def at(path: object, line: int | None = None, key: str | None = None) -> str:
-    """Format a location: `file:line: key` with the parts that are known."""
-    text = str(path)
-    if line is not None:
-        text += f":{line}"
-    if key:
-        text += f": {key}"
-    return text
-
-
 def run_command(args, interrupted: str = "interrupted") -> int:
     """Run a parsed CLI command (`args.command(args)`): a UserError is one line on stderr and exit code 2."""
     try:

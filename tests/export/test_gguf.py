@@ -27,8 +27,8 @@ GGUF_FILE_TYPE = {"f16": 1, "q8_0": 7}  # llama.cpp's `general.file_type` values
 def ggufs(tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, gguf.Step]:
     """The tiny model as f16 (converter) and q8_0 (llama-quantize), made once per session."""
     out = tmp_path_factory.mktemp("gguf")
-    f16, q8 = gguf.export(tiny_path, out, "q8_0", stem="tiny")
-    return {"f16": f16, "q8_0": q8}
+    f16 = gguf.convert(tiny_path, out / "tiny-f16.gguf", "f16")
+    return {"f16": f16, "q8_0": gguf.quantize(f16.path, out / "tiny-q8_0.gguf", "q8_0")}
 
 
 FAKE_PROJECT = """cmake_minimum_required(VERSION 3.14)
@@ -128,7 +128,8 @@ def test_second_call_skips_existing_files(ggufs: dict[str, gguf.Step], tiny_path
 
     monkeypatch.setattr(gguf, "_run", must_not_run)
     mtimes = {q: s.path.stat().st_mtime_ns for q, s in ggufs.items()}
-    steps = gguf.export(tiny_path, ggufs["f16"].path.parent, "q8_0", stem="tiny")
+    f16, q8 = ggufs["f16"].path, ggufs["q8_0"].path
+    steps = [gguf.convert(tiny_path, f16, "f16"), gguf.quantize(f16, q8, "q8_0")]
     assert [s.skipped for s in steps] == [True, True]
     assert {q: ggufs[q].path.stat().st_mtime_ns for q in mtimes} == mtimes
 
@@ -232,8 +233,14 @@ CONVERSATIONS = {
 }
 
 
+# The Ollama tests below run the Modelfile TEMPLATE through `render_go_template` and `infer_thinking_tags` at the
+# end of this file: a hand-written interpreter of the Go text/template subset the TEMPLATE uses, and a
+# re-implementation of Ollama's tag inference read from its source. Neither Go nor Ollama runs here, so these
+# tests prove the TEMPLATE's logic (given that interpreter), not what a real Ollama does with it.
+
 @pytest.mark.parametrize("name", sorted(CONVERSATIONS))
 def test_ollama_template_renders_like_the_hf_template(name: str, tiny_path: Path) -> None:
+    """Rendered by the hand-written Go-template interpreter below (not by Go or Ollama)."""
     from transformers import AutoTokenizer
 
     messages = CONVERSATIONS[name]
@@ -252,7 +259,8 @@ def test_ollama_template_continues_a_final_assistant_message() -> None:
 
 
 def test_ollama_can_infer_the_thinking_tags() -> None:
-    # Ollama turns on its reasoning support only when it finds the tags around `.Thinking` in the template.
+    # Ollama turns on its reasoning support only when it finds the tags around `.Thinking` in the template; this
+    # checks the TEMPLATE against our re-implementation of that heuristic (Ollama itself does not run here).
     assert infer_thinking_tags(modelfile.TEMPLATE) == ("<think>", "</think>")
 
 
@@ -273,6 +281,8 @@ def _as_ollama(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 # --- A renderer for the subset of Go's text/template that the Modelfile TEMPLATE uses ---------------------------
+# Written for these tests from Go's text/template documentation; it is the oracle of the Ollama tests above, so a
+# construct it gets wrong would go unnoticed there. It is not Go's implementation and has not been run against it.
 # Text and {{ }} actions with `-` trimming; if / else if / else / range [$i, $v :=] / end; $x := and $x = ;
 # fields (.Role, $.Messages), string literals, integers, parentheses and eq ne and or not len slice.
 
