@@ -20,7 +20,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from trainer.errors import UserError
+from trainer.errors import run_command
 
 COMMANDS = ("run", "packing-check", "scaling", "export-tokenizers", "merge", "export", "_child")
 
@@ -29,43 +29,61 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
         argv.insert(0, "run")
-    command = " ".join([os.path.basename(sys.executable), "-m", "bench", *map(shlex.quote, argv)])
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "_child":
-            from bench.variants import child_main
+    args.command_line = " ".join([os.path.basename(sys.executable), "-m", "bench", *map(shlex.quote, argv)])
+    args.command = HANDLERS[args.name]
+    return run_command(args)
 
-            return child_main(args.job)
-        if args.command == "export-tokenizers":
-            from bench.shapes import export_tokenizers
 
-            sizes = export_tokenizers(args.dest)
-            print(f"wrote {args.dest}: " + ", ".join(f"{k} ({v:,} tokens)" for k, v in sizes.items()))
-            return 0
-        if args.command == "merge":
-            from bench.runner import merge
+def run_variants(args) -> int:
+    from bench.runner import run
 
-            return merge(args.inputs, args.out)
-        if args.command == "export":
-            from bench.export_bench import export_bench
+    return run(args, args.command_line)
 
-            result = export_bench(args.shape, Path(args.work), args.tokenizers, args.quant, args.device,
-                                  Path(args.out))
-            print(json.dumps({k: v for k, v in result.items() if k != "stdout_tail"}, indent=2))
-            return 0
-        if args.command == "scaling":
-            from bench.scaling import scaling
 
-            return scaling(args, command)
-        from bench import runner
+def packing_check(args) -> int:
+    from bench.runner import check
 
-        if args.command == "packing-check":
-            args.variants, args.packing_check = "none", None
-            return runner.check(args, command)
-        return runner.run(args, command)
-    except UserError as error:
-        print(f"error: {error.render()}", file=sys.stderr)
-        return 2
+    args.variants, args.packing_check = "none", None
+    return check(args, args.command_line)
+
+
+def scaling(args) -> int:
+    from bench.scaling import scaling
+
+    return scaling(args, args.command_line)
+
+
+def export_tokenizers(args) -> int:
+    from bench.shapes import export_tokenizers
+
+    sizes = export_tokenizers(args.dest)
+    print(f"wrote {args.dest}: " + ", ".join(f"{k} ({v:,} tokens)" for k, v in sizes.items()))
+    return 0
+
+
+def merge(args) -> int:
+    from bench.runner import merge
+
+    return merge(args.inputs, args.out)
+
+
+def export(args) -> int:
+    from bench.export_bench import export_bench
+
+    result = export_bench(args.shape, Path(args.work), args.tokenizers, args.quant, args.device, Path(args.out))
+    print(json.dumps({k: v for k, v in result.items() if k != "stdout_tail"}, indent=2))
+    return 0
+
+
+def child(args) -> int:
+    from bench.child import child_main
+
+    return child_main(args.job)
+
+
+HANDLERS = {"run": run_variants, "packing-check": packing_check, "scaling": scaling,
+            "export-tokenizers": export_tokenizers, "merge": merge, "export": export, "_child": child}
 
 
 def _common(p: argparse.ArgumentParser, shapes: str) -> None:
@@ -90,7 +108,7 @@ def _common(p: argparse.ArgumentParser, shapes: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True,
+    sub = parser.add_subparsers(dest="name", required=True,
                                 metavar="{run,packing-check,scaling,export-tokenizers,merge}")
     run = sub.add_parser("run", help="benchmark variants on shapes (the default command)")
     _common(run, "qwen-1.5b,qwen-7b,llama-8b")

@@ -75,6 +75,7 @@ def fake_run(base: Path, run: Path) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         if (base / name).is_file():
             shutil.copy2(base / name, adapter / name)
+    (run / "metrics.json").write_text(json.dumps({"lora_scale": 1.0}))  # lora_alpha / r, as training records it
     save_resolved(Recipe(name=run.name, model=ModelConfig(base=str(base), quantization="4bit"),
                          data=DataConfig(path="unused.jsonl")), run / "config.yaml")
     mark_complete(run)

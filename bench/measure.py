@@ -1,8 +1,9 @@
 """Counting, timing and the figures derived from them: tokens/s, peak memory, MFU, and the printed table.
 
-Tokens are counted from the batches the trainer actually feeds to the model (a wrapper around
-`trainer.training_step`), per optimizer step, so warm-up steps are excluded exactly and a dataloader that
-prefetches cannot skew the count. Time is taken at `on_step_end` after `torch.cuda.synchronize()`.
+Tokens are counted by the trainer's own `trainer.progress.batch_counts`, on the batches the trainer actually
+feeds to the model (a wrapper around `trainer.training_step`), per optimizer step, so warm-up steps are excluded
+exactly and a dataloader that prefetches cannot skew the count. Time is taken at `on_step_end` after
+`torch.cuda.synchronize()`.
 
 MFU (model FLOPs utilisation), written into every output:
     FLOPs = c * N * T + 12 * n_layers * hidden * sum(L_i ** 2)
@@ -15,12 +16,10 @@ gradient checkpointing is not counted (that would be HFU). Peak: H100 SXM / H200
 """
 from __future__ import annotations
 
-import itertools
 import time
 from collections import defaultdict
 from typing import Any
 
-IGNORE = -100
 MFU_FORMULA = ("FLOPs = c*N*T + 12*n_layers*hidden*sum(L_i^2); MFU = FLOPs / (seconds * peak); N = matmul weights "
                "(decoder linears + LM head), T = non-pad input tokens, L_i = real row lengths; c = 6 (mfu_6n) or "
                "4 (mfu_4n, LoRA-honest: no weight gradients for the frozen base); checkpoint recompute not counted")
@@ -36,35 +35,11 @@ def peak_flops(card: str | None) -> float | None:
     return None
 
 
-def batch_counts(inputs: dict) -> dict[str, int]:
-    """Real tokens, trained tokens, padded positions and sum of squared row lengths of one micro-batch."""
-    ids, labels = inputs["input_ids"], inputs.get("labels")
-    mask, positions = inputs.get("attention_mask"), inputs.get("position_ids")
-    if mask is not None and mask.dim() == 2:
-        lengths = [int(x) for x in mask.sum(-1).tolist()]
-    elif inputs.get("packed_seq_lengths") is not None:
-        lengths = [int(x) for x in inputs["packed_seq_lengths"].tolist()]
-    elif positions is not None:
-        lengths = segment_lengths(positions)
-    else:
-        lengths = [int(ids.shape[-1])] * int(ids.shape[0])
-    trained = int((labels[..., 1:] != IGNORE).sum()) if labels is not None else 0
-    return {"tokens": sum(lengths), "trained": trained, "positions": int(ids.numel()),
-            "sum_sq": sum(n * n for n in lengths), "rows": len(lengths), "micro_batches": 1}
-
-
-def segment_lengths(position_ids) -> list[int]:
-    """Row lengths of flattened batches, where position ids restart at 0 for every row."""
-    lengths = []
-    for row in position_ids.tolist():
-        starts = [i for i, p in enumerate(row) if p == 0] + [len(row)]
-        lengths += [b - a for a, b in itertools.pairwise(starts) if b > a]
-    return lengths
-
-
 def make_meter(warmup: int, steps: int, cuda: bool):
     """A trainer callback that times steps warmup+1 .. warmup+steps and counts their tokens (see `attach`)."""
     from transformers import TrainerCallback  # here, not at import: unsloth must come before transformers
+
+    from trainer.progress import batch_counts  # the trainer's own count, so bench and train.log agree
 
     class Meter(TrainerCallback):
         def __init__(self):

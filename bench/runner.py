@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import measure
-from bench.shapes import build_shape, get_shape, is_built, shape_dir, shape_facts, tokenizer_path
+from bench.shapes import get_shape, is_built, shape_dir, shape_facts, tokenizer_path
 from bench.variants import ROOT, expand
 from bench.workload import SPECS, make_rows, rows_needed, save_rows, statistics
 
@@ -248,16 +248,6 @@ def log_tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def build_job(job: dict) -> dict[str, Any]:
-    """Child body of a shape build."""
-    import torch
-
-    shape = get_shape(job["shape"])
-    seconds = build_shape(shape, Path(job["dest"]), Path(job["tokenizer"]),
-                          device="cuda" if torch.cuda.is_available() else "cpu")
-    return {"build_s": round(seconds, 1)}
 
 
 def merge(paths: list[str], out: str | None) -> int:

@@ -17,10 +17,7 @@ Everything else (rows, steps, warm-up, timing) is the same for all of them.
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,24 +219,3 @@ def run_job(job: dict) -> dict[str, Any]:
     return {"result": meter.result(), "info": info, "card": card, "cuda": torch.version.cuda,
             "facts": shape_facts(Path(job["shape_dir"]))}
 
-
-def child_main(job_path: str) -> int:
-    """Entry point of the subprocess: writes `{...}` or `{"error": traceback}` next to the job file."""
-    job = json.loads(Path(job_path).read_text(encoding="utf-8"))
-    out = Path(job["result_path"])
-    try:
-        if job["kind"] == "packing-check":
-            from bench.packing import check_job as body_of
-        elif job["kind"] == "build":
-            from bench.runner import build_job as body_of
-        else:
-            body_of = run_job
-        body, code = body_of(job), 0
-    except BaseException as exc:  # noqa: BLE001  (reported to the parent, which keeps going)
-        body, code = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}, 1
-    from bench.measure import versions
-
-    body["versions"] = versions()
-    out.write_text(json.dumps(body, indent=2, default=str), encoding="utf-8")
-    sys.stdout.flush()
-    return code

@@ -26,11 +26,39 @@ class TokenCounter:
 
     def __call__(self, examples):
         batch = self.collator(examples)
-        labels = batch["labels"]
-        self.trained += int((labels[..., 1:] != IGNORE).sum())  # the first label has no position to predict it
-        mask = batch.get("attention_mask")
-        self.tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        counts = batch_counts(batch)
+        self.trained += counts["trained"]
+        self.tokens += counts["tokens"]
         return batch
+
+
+def batch_counts(batch: dict) -> dict[str, int]:
+    """Real (non-pad) tokens, trained tokens, positions, squared row lengths and rows of one batch: padded
+    (attention mask), padding-free (position ids restart at 0 per row) or packed (`packed_seq_lengths`).
+    The benchmarks count with this too (`bench.measure`), so their figures and `train.log`'s agree."""
+    ids, labels = batch["input_ids"], batch.get("labels")
+    mask, positions = batch.get("attention_mask"), batch.get("position_ids")
+    if mask is not None and mask.dim() == 2:
+        lengths = [int(x) for x in mask.sum(-1).tolist()]
+    elif batch.get("packed_seq_lengths") is not None:
+        lengths = [int(x) for x in batch["packed_seq_lengths"].tolist()]
+    elif positions is not None:
+        lengths = segment_lengths(positions)
+    else:
+        lengths = [int(ids.shape[-1])] * int(ids.shape[0])
+    # the first label of a row has no position to predict it
+    trained = int((labels[..., 1:] != IGNORE).sum()) if labels is not None else 0
+    return {"tokens": sum(lengths), "trained": trained, "positions": int(ids.numel()),
+            "sum_sq": sum(n * n for n in lengths), "rows": len(lengths), "micro_batches": 1}
+
+
+def segment_lengths(position_ids) -> list[int]:
+    """Row lengths of flattened batches, where position ids restart at 0 for every row."""
+    lengths = []
+    for row in position_ids:
+        starts = (row == 0).nonzero().flatten().tolist() + [len(row)]
+        lengths += [end - start for start, end in zip(starts, starts[1:]) if end > start]
+    return lengths
 
 
 class ProgressBar(TrainerCallback):

@@ -17,8 +17,10 @@ import torch
 from bench import measure
 from bench.packing import check_job, verdict
 from bench.shapes import SHAPES, build_shape, make_config, matmul_params
-from bench.variants import VARIANTS, expand, run_job
+from bench.variants import (DEFAULT_VARIANTS, MEDICAL_RECIPE, RUNNERS, VARIANTS, expand, project_overrides,
+                            run_job)
 from bench.workload import MEDICAL, TINY, make_rows, save_rows, statistics
+from trainer.errors import UserError
 from trainer.template import IGNORE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,19 +77,6 @@ def test_rows_are_masked_by_the_project_template(tokenizer, medical_rows):
     assert row["text"].startswith(tokenizer.bos_token) and row["text"].endswith(tokenizer.eos_token)
 
 
-def test_batch_counts_padded_flat_and_packed():
-    labels = torch.tensor([[IGNORE, 5, 6, IGNORE], [IGNORE, IGNORE, 7, IGNORE]])
-    padded = {"input_ids": torch.ones(2, 4, dtype=torch.long), "labels": labels,
-              "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])}
-    assert measure.batch_counts(padded) == {"tokens": 7, "trained": 3, "positions": 8, "sum_sq": 9 + 16, "rows": 2,
-                                            "micro_batches": 1}
-    flat = {"input_ids": torch.ones(1, 7, dtype=torch.long), "labels": torch.tensor([[IGNORE, 1, 2, IGNORE, 3, 4, 5]]),
-            "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3]])}
-    assert measure.batch_counts(flat)["sum_sq"] == 9 + 16 and measure.batch_counts(flat)["trained"] == 5
-    packed = dict(flat, packed_seq_lengths=torch.tensor([3, 4], dtype=torch.int32))
-    assert measure.batch_counts(packed) == measure.batch_counts(flat)
-
-
 def test_mfu_formula():
     facts = {"matmul_params": 1_000_000, "n_layers": 2, "hidden": 64}
     result = {"tokens": 1000, "trained": 800, "positions": 1250, "sum_sq": 10 * 100 ** 2, "steps_timed": 4,
@@ -131,9 +120,31 @@ def test_shape_build_writes_a_loadable_folder(name, tmp_path, tiny_path):
     assert json.loads((tmp_path / name / "bench_shape.json").read_text())["copies"] == SHAPES[name].hub_id
 
 
-def test_variant_selection():
-    assert [v.name for v in expand("all")] == ["a", "b", "c", "d", "d-pack", "d-bs8"]
-    assert sum(v.runner == "project" and v.backend == "unsloth" for v in VARIANTS.values()) >= 2
+def test_variant_selection_keeps_the_order_given_and_names_unknown_ones():
+    assert [v.name for v in expand("all")] == list(DEFAULT_VARIANTS)
+    assert [v.name for v in expand(" d-pack, a ,b")] == ["d-pack", "a", "b"]
+    with pytest.raises(UserError) as err:
+        expand("a,zz,b")
+    assert err.value.message == "unknown variant(s) zz" and "d-pack" in err.value.fix
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_has_a_runner_and_valid_recipe_overrides(name, tmp_path):
+    """A variant's runner name and its recipe overrides are only used on the GPU; a typo must fail here."""
+    from trainer.hardware import Hardware
+    from trainer.recipe import load_recipe
+
+    variant = VARIANTS[name]
+    assert variant.runner in RUNNERS
+    if variant.runner != "project":
+        return
+    job = {"shape_dir": "tiny", "quantize": variant.backend == "unsloth", "warmup": 1, "steps": 2}
+    overrides = project_overrides(job, variant, 512, tmp_path)
+    cuda = Hardware(cuda=True, name="NVIDIA GeForce RTX 4090", memory_gib=24.0)
+    recipe = load_recipe(MEDICAL_RECIPE, overrides, cuda)  # raises UserError naming any bad key or value
+    assert recipe.model.backend == variant.backend and recipe.train.max_steps == 3
+    if variant.profile != "none":
+        assert recipe.profile == variant.profile
 
 
 def _job(tmp_path, tiny_path, tokenizer, variant: str, n_rows: int = 4) -> dict:
