@@ -7,7 +7,6 @@ cast back to the base's dtype. The result is written aside and renamed into `mer
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import struct
 import time
@@ -21,6 +20,7 @@ from trainer.model import base_path
 from trainer.runs import ADAPTER
 
 MERGED = "merged"
+METRICS = "metrics.json"  # written by trainer.train; the run-folder type should own this name
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "vocab.json", "merges.txt")
 CONFIG_FILES = ("config.json", "generation_config.json")
@@ -50,8 +50,9 @@ def merge_run(run_dir: Path, recipe: Recipe) -> Merged:
         raise UserError("the run has no LoRA adapter (adapter/adapter_config.json is missing)", where=str(adapter),
                         fix="train the recipe again; this folder is damaged")
     base = base_folder(recipe)
+    scale = recorded_lora_scale(run_dir)
     with building(target) as out:
-        deltas = read_adapter(adapter)
+        deltas = read_adapter(adapter, scale)
         merged = merge_shards(base, deltas, out)
         if merged != len(deltas):
             raise UserError(f"only {merged} of {len(deltas)} adapted layers were found in the base weights",
@@ -92,15 +93,24 @@ def _hub_snapshot(repo: str) -> Path:
                                                 f"{repo}) or set model.base to a local folder") from None
 
 
-def read_adapter(adapter: Path) -> dict[str, tuple]:
+def recorded_lora_scale(run_dir: Path) -> float:
+    """The LoRA scale training used, as it recorded it in metrics.json (`trainer.model.lora_scale`)."""
+    metrics = run_dir / METRICS
+    try:
+        return float(json.loads(metrics.read_text(encoding="utf-8"))["lora_scale"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError("the run does not record its LoRA scale (metrics.json, key lora_scale)", where=str(metrics),
+                        fix="train the run again with this version; or add \"lora_scale\": lora.alpha / lora.rank "
+                            "(alpha / sqrt(rank) with use_rslora) to metrics.json") from None
+
+
+def read_adapter(adapter: Path, scale: float) -> dict[str, tuple]:
     """Base weight name -> (A, B, scale, is_embedding) for every adapted layer."""
     from safetensors.torch import load_file
 
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise UserError("per-layer LoRA ranks are not supported by the merge", where=str(adapter))
-    rank, alpha = config["r"], config["lora_alpha"]
-    scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
     weights_file = adapter / "adapter_model.safetensors"
     if not weights_file.is_file():
         raise UserError("no adapter_model.safetensors (only safetensors are read)", where=str(adapter))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import TINY, ModelConfig, Recipe
+from trainer.config import LoraConfig as LoraSettings
 from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.template import r1_chat_template
@@ -140,8 +141,7 @@ def _unsloth_model(recipe: Recipe, hardware: Hardware):
         **({"device_map": {"": local_rank()}} if launched() else {}))  # DDP: one whole model per GPU
     if method == "lora":
         model = FastLanguageModel.get_peft_model(
-            model, r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules), use_rslora=lora.use_rslora, bias="none",
+            model, **lora_settings(lora),
             use_gradient_checkpointing="unsloth" if recipe.train.gradient_checkpointing else False,
             random_state=recipe.train.seed, max_seq_length=m.max_seq_length)
     elif method == "freeze":
@@ -191,14 +191,30 @@ def _attach_trainable(model, recipe: Recipe):
     if recipe.model.quantization != "none":
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
-    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), use_rslora=lora.use_rslora,
-                        bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(**lora_settings(lora), task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, config)
     except ValueError as exc:  # PEFT names the target modules it could not find
         raise UserError(str(exc).splitlines()[0], where="lora.target_modules",
                         fix="use layer names of this model, e.g. q_proj, v_proj") from None
+
+
+def lora_settings(lora: LoraSettings) -> dict[str, Any]:
+    """The recipe's `lora:` section as keyword arguments of PEFT's `LoraConfig`, which Unsloth's
+    `get_peft_model` takes too: the one place where recipe names become PEFT's."""
+    return {"r": lora.rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
+            "target_modules": list(lora.target_modules), "use_rslora": lora.use_rslora, "bias": "none"}
+
+
+def lora_scale(model) -> float:
+    """The factor every LoRA update B @ A is multiplied by, as PEFT set it on the model's layers (alpha / r, or
+    alpha / sqrt(r) with rsLoRA). Training records it in metrics.json; the merge applies it from there."""
+    scales = {float(s) for module in model.modules() if isinstance(getattr(module, "scaling", None), dict)
+              for s in module.scaling.values()}
+    if len(scales) != 1:
+        raise UserError(f"expected one LoRA scale on the model, found {sorted(scales) or 'none'}",
+                        where="lora", fix="per-layer ranks or alphas are not supported")
+    return scales.pop()
 
 
 def freeze_all_but_top(model, trainable_layers: int) -> None:

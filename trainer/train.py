@@ -5,9 +5,7 @@ recipe into `SFTConfig`, wires the progress and token counting, and writes the r
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
-import json
 import logging
 import math
 import os
@@ -23,7 +21,7 @@ from trainer.data import Prepared
 from trainer.distributed import is_main, launched, sum_over_processes, wait_for_everyone, world_size
 from trainer.errors import UserError
 from trainer.hardware import Hardware
-from trainer.model import Loaded, trainable_summary
+from trainer.model import Loaded, lora_scale, trainable_summary
 from trainer.plots import plot_loss
 from trainer.progress import ProgressBar, TokenCounter
 from trainer.runs import ADAPTER, RunLog, latest_checkpoint, write_json
@@ -52,6 +50,8 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
     metrics = summarize(result, final_eval, trainer.state.log_history, (int(trained), int(tokens)), elapsed,
                         loaded, hardware)
     metrics["engine"] = engine_of(trainer)
+    if recipe.train.method == "lora":
+        metrics["lora_scale"] = lora_scale(loaded.model)  # what the merge multiplies B @ A by
     if is_main():
         trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
         write_json(run_dir / "metrics.json", metrics)
@@ -312,7 +312,3 @@ def _perplexity(loss: float | None) -> float | None:
         return None
     return math.exp(loss) if loss < 700 else math.inf
 
-
-def describe(recipe: Recipe) -> str:
-    """The resolved recipe as JSON, for the log."""
-    return json.dumps(dataclasses.asdict(recipe), ensure_ascii=False)
