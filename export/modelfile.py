@@ -11,9 +11,15 @@ The TEMPLATE is the DeepSeek-R1-Distill inference chat template rewritten in Oll
 - the generation prompt is `<｜Assistant｜><think>\\n`, so the model starts inside its reasoning block;
 - a final assistant message is left open (no end token) so Ollama can continue it, with its reasoning.
 
-That last branch is also where `.Thinking` appears between `<think>` and `</think>`: Ollama infers the reasoning
-tags from that spot, which turns on its thinking support (reasoning streamed apart from the answer, and dropped
-from the history it sends back). Tool calls are not supported, as in the original template.
+That last branch is also where `.Thinking` appears between `<think>` and `</think>`: by Ollama's source
+(`thinking.InferTags`), it infers the reasoning tags from that spot, which turns on its thinking support.
+Tool calls are not supported, as in the original template.
+
+What is proved, and how: tests/export/test_gguf.py renders TEMPLATE with a small interpreter of the Go
+text/template subset it uses, written for those tests, and gets exactly the original template's text (less BOS)
+on four conversations; its tag inference is a re-implementation of Ollama's heuristic, read from Ollama's source.
+Neither Go nor Ollama runs in the tests: how Ollama splits replies into `thinking` and content (and the
+whitespace it strips) is taken from its source, not observed.
 """
 from __future__ import annotations
 

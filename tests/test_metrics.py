@@ -169,8 +169,11 @@ def test_identical_and_empty():
     assert got["bleu-4"] == pytest.approx(100.0, abs=1e-9)
     for pred, ref in [("", "体育"), ("体育", ""), ("  \n ", "体育"), ("", "")]:
         got = rouge_bleu(pred, ref)
-        assert got["rouge-1"] == got["rouge-2"] == got["rouge-l"] == 0.0
-        assert got["bleu-4"] == 0.0 or pred.strip() == ""
+        assert got["rouge-1"] == got["rouge-2"] == got["rouge-l"] == got["bleu-4"] == 0.0, (pred, ref)
+    # A blank prediction gets no ROUGE, but BLEU counts characters, spaces too (as LLaMA-Factory does): four
+    # spaces against "a    b" match every 1- to 4-gram, so BLEU is the brevity penalty exp(1 - 6/4).
+    got = rouge_bleu("    ", "a    b")
+    assert got["rouge-1"] == 0.0 and got["bleu-4"] == pytest.approx(100 * math.exp(-0.5), abs=1e-9)
 
 
 def test_rouge_tokens_follow_jieba_for_english():

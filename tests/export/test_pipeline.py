@@ -76,21 +76,45 @@ def test_a_second_run_skips_finished_steps(exported):
     assert all(f["skipped"] for f in files)
 
 
-def test_chat_with_the_gguf_answers_once(exported):
+PROMPT = "新闻分类:央行宣布下调存款准备金率"
+
+
+@pytest.fixture(scope="module")
+def gguf_reply(exported) -> str:
     run_dir, _ = exported
-    done = run("-m", "export", "chat", str(run_dir), "--prompt", "新闻分类:央行宣布下调存款准备金率",
-               "--max-new-tokens", "24", "--temperature", "0", timeout=300)
+    done = run("-m", "export", "chat", str(run_dir), "--prompt", PROMPT, "--max-new-tokens", "24",
+               "--temperature", "0", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip()
+    return done.stdout
 
 
-def test_chat_gguf_defaults_to_the_latest_run(exported, tmp_path):
+def test_chat_with_the_gguf_prints_the_merged_models_greedy_reply(exported, gguf_reply):
+    """The oracle is transformers on merged/: the original template's prompt, 24 greedy tokens. The f16 GGUF
+    continues like it (the export's greedy check), so the chat must print the same text inside its frame."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, _ = exported
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "merged"))
+    model = AutoModelForCausalLM.from_pretrained(str(run_dir / "merged"), dtype=torch.float32).eval()
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    reply = tokenizer.decode(out[0, ids.shape[1]:]).replace(tokenizer.eos_token, "").replace("</think>", "")
+    squeeze = "".join
+    assert len(squeeze(reply.split())) >= 8
+    assert squeeze(reply.split()) in squeeze(gguf_reply.split()), (reply, gguf_reply)
+    assert gguf_reply.startswith("[thinking]")
+
+
+def test_chat_gguf_defaults_to_the_latest_run(exported, gguf_reply, tmp_path):
     run_dir, _ = exported
     (tmp_path / "runs").symlink_to(run_dir.parent)  # `make chat-gguf` runs `python -m export chat latest` here
-    done = run("-m", "export", "chat", "--prompt", "新闻分类:球队夺冠", "--max-new-tokens", "8", "--temperature", "0",
+    done = run("-m", "export", "chat", "--prompt", PROMPT, "--max-new-tokens", "24", "--temperature", "0",
                timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip()
+    assert done.stdout == gguf_reply  # the same model answered: the run's own GGUF
 
 
 @pytest.mark.parametrize(("make_target", "message"), [
