@@ -12,7 +12,9 @@ import torch
 
 from trainer.formats import Message
 from trainer.model import set_distinct_pad
-from trainer.template import GENERATION_PROMPT, IGNORE, encode_conversation, prompt_text, r1_chat_template, render_turns
+from trainer.r1 import GENERATION_PROMPT
+from trainer.r1 import chat_template as r1_chat_template
+from trainer.template import IGNORE, encode_conversation, prompt_text, render_turns
 
 BOS, EOS_ID, THINK_ID, END_THINK_ID, NL, NLNL = 151646, 151643, 151648, 151649, 198, 271
 
