@@ -97,9 +97,6 @@ def test_json_file_holding_json_lines_is_read(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
     read = read_rows(str(path))
     assert [r.data for r in read] == ROWS and read[1].where == f"{path}:2"
-    one = tmp_path / "one.json"
-    one.write_text(json.dumps(ROWS[0]), encoding="utf-8")
-    assert [r.data for r in read_rows(str(one))] == ROWS[:1]
 
 
 def test_every_bad_line_is_reported_at_once(tmp_path):

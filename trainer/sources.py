@@ -96,11 +96,9 @@ def _read_json(path: Path) -> list[Row]:
         raise UserError(f"malformed JSON: {exc.msg} (column {exc.colno})", where=f"{path}:{exc.lineno}") from None
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         value = value["data"]
-    elif isinstance(value, dict) and "\n" not in text.strip():
-        return _read_jsonl(path, text)  # one JSON line saved as .json
     if not isinstance(value, list):
         raise UserError("expected a JSON list of objects", where=str(path),
-                        fix="use [ {...}, {...} ] or one object per line in a .jsonl file")
+                        fix="use [ {...}, {...} ] or one object per line (JSON lines)")
     rows, problems = [], []
     for index, item in enumerate(value):
         if not isinstance(item, dict):
