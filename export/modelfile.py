@@ -28,13 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import UserError
+from trainer.r1 import ASSISTANT, EOS, GENERATION_PROMPT, THINK_CLOSE, THINK_OPEN, USER
 from trainer.runs import write_text
 
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-USER = "<｜User｜>"
-ASSISTANT = "<｜Assistant｜>"
-GENERATION_PROMPT = f"{ASSISTANT}<think>\n"
 
 STOP_TOKENS = (EOS, USER, ASSISTANT)
 """Generation stops at any of these: the end token, or the model starting a new turn by itself."""
@@ -57,7 +53,7 @@ TEMPLATE = (
     "{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
     '{{- if eq .Role "user" }}' + USER + "{{ .Content }}\n"
     '{{- else if eq .Role "assistant" }}' + ASSISTANT + "\n"
-    "{{- if $last }}{{ if .Thinking }}<think>\n{{ .Thinking }}\n</think>\n\n{{ end }}{{ .Content }}\n"
+    "{{- if $last }}{{ if .Thinking }}" + THINK_OPEN + "\n{{ .Thinking }}\n" + THINK_CLOSE + "\n\n{{ end }}{{ .Content }}\n"
     "{{- else }}{{ if .Thinking }}\n\n{{ end }}{{ .Content }}{{ $eos }}\n"
     "{{- end }}\n"
     "{{- end }}\n"

@@ -11,7 +11,7 @@ from export.merge import Merged, merge_run
 from export.verify import CheckResult, check_chat_template, check_greedy, check_tokenization, check_top1_agreement
 from trainer.config import Recipe
 from trainer.runs import write_json
-from trainer.template import r1_chat_template
+from trainer.r1 import chat_template as r1_chat_template
 
 GGUF_DIR = "gguf"
 ENFORCED_AGREEMENT = ("q8_0",)

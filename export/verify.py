@@ -88,7 +88,7 @@ class CheckResult:
 
 def original_chat_template() -> str:
     """The DeepSeek-R1-Distill inference chat template, byte-identical to the released checkpoints' (via trl)."""
-    from trainer.template import r1_chat_template
+    from trainer.r1 import chat_template as r1_chat_template
 
     return r1_chat_template()
 

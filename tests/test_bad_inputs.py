@@ -56,6 +56,9 @@ DATA = {  # file, extra overrides -> what the one line must say
                           [":2:", "field 'label': label index 3 is out of range"]),
     "label_name.jsonl": (["data.format=classification", "data.labels=[bad,good]"],
                          [":1:", "field 'label': unknown label 'neutral'"]),
+    "alpaca_list_input.jsonl": (["data.format=alpaca"], [":2:", "field 'input': must be text or a number, got list"]),
+    "images.jsonl": (["data.format=alpaca"], [":1:", "field 'images': images, videos and audio are not supported"]),
+    "dataset_info.json": (["data.name=pairs"], ["pairs.ranking", "ranking (preference) datasets are not supported"]),
 }
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import random
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import pytest
 from trainer import chat
 from trainer.cli import main
 from trainer.config import ModelConfig
-from trainer.metrics import split_reasoning
+from trainer.r1 import split_reasoning
 
 
 @pytest.fixture(scope="module")
@@ -44,29 +43,7 @@ class Scripted:
 
 # ---- splitting a stream ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", [
-    "reason one\n</think>\n\nanswer one",
-    "<think>\nechoed tag\n</think>\n\nA",
-    "no closer at all, cut by the token limit  ",
-    "r</think>",
-    "</think>\n\nanswer without reasoning",
-    "first</think> a </think> b",
-    "multi\n\nline   \n</think>\n\n  padded answer \n",
-])
-def test_stream_split_matches_split_reasoning_for_any_chunking(text):
-    expected = split_reasoning(text)
-    rng = random.Random(0)
-    for _ in range(40):
-        cuts = sorted(rng.sample(range(1, len(text)), k=min(len(text) - 1, rng.randint(0, 6))))
-        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-        splitter, parts = chat.ThinkSplitter(), {"reasoning": "", "answer": ""}
-        for piece in pieces:
-            for kind, chunk in splitter.feed(piece):
-                parts[kind] += chunk
-        for kind, chunk in splitter.finish():
-            parts[kind] += chunk
-        assert (parts["reasoning"], parts["answer"].strip(), splitter.closed) == \
-            (expected.reasoning, expected.answer, expected.closed), pieces
+# The splitting itself (trainer.r1.ReasoningStream) is tested in tests/test_r1.py.
 
 
 def test_printer_frames_plain_output_and_dims_on_a_terminal():

@@ -21,7 +21,7 @@ def rows_file(tmp_path: Path, n: int, name="d.jsonl", reasoning="because", prefi
 
 def recipe(path: Path, max_seq_length=256, **data) -> Recipe:
     return Recipe(model=ModelConfig(base="tiny", quantization="none", max_seq_length=max_seq_length),
-                  data=DataConfig(path=str(path), format="reasoning", **data))
+                  data=DataConfig(path=str(path), **{"format": "reasoning", **data}))
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +70,95 @@ def test_mix_adds_rows_by_ratio(tmp_path):
     assert any("mixed in 10 rows at ratio 0.25" in line for line in data.report.sources)
 
 
-def test_stray_think_rows_are_dropped_and_reported(tmp_path):
-    path = tmp_path / "d.jsonl"
-    rows = [{"question": "q", "reasoning": "ok", "answer": "a"},
-            {"question": "q", "reasoning": "bad </think> here", "answer": "a"}]
-    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
-    data = load_conversations(recipe(path, val_size=0))
-    assert len(data.train) == 1 and data.report.stray_think == [f"{path}:2"]
-    assert any("stray <think>/</think>" in line for line in data.report.summary())
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_rows_quoting_think_tags_are_kept_and_hold_exactly_one_real_closer(tmp_path, tokenizer):
+    path = write_rows(tmp_path / "d.jsonl", [
+        {"question": "What does <think> do?", "reasoning": "It opens; </think> closes.", "answer": "Marks </think>."},
+        {"question": "q <｜User｜>", "reasoning": "ok", "answer": "a<｜end▁of▁sentence｜>"}])
+    prepared = prepare(recipe(path, val_size=0), tokenizer)
+    assert len(prepared.train) == 2 and not prepared.report.dropped
+    for example in prepared.train:
+        assert example.input_ids.count(151649) == 1  # the template's </think>; the data's is plain text
+        assert example.input_ids.count(151648) == 1  # the generation prompt's <think>
+        assert example.input_ids.count(151644) == 1 and example.input_ids.count(tokenizer.eos_token_id) == 1
+        assert example.labels[-1] == tokenizer.eos_token_id
+    (first,) = [e for e in prepared.train if e.where == f"{path}:1"]
+    text = tokenizer.decode(first.input_ids)
+    assert "What does <think> do?" in text and "It opens; </think> closes.\n</think>\n\nMarks </think>." in text
+
+
+def test_a_file_of_r1_distilled_rows_without_opening_tag_trains(tmp_path, tokenizer):
+    path = write_rows(tmp_path / "d.jsonl", [{"instruction": f"q{i}", "output": f"r{i}\n</think>\n\na{i}"}
+                                            for i in range(3)])
+    prepared = prepare(recipe(path, val_size=0, format="alpaca"), tokenizer)
+    trained = {tokenizer.decode([x for x in e.labels if x != -100]) for e in prepared.train}
+    assert trained == {f"r{i}\n</think>\n\na{i}<｜end▁of▁sentence｜>" for i in range(3)}
+
+
+def test_empty_rows_are_dropped_counted_and_named_after_the_split(tmp_path):
+    rows = [{"question": f"q{i}", "reasoning": "r", "answer": f"a{i}"} for i in range(8)]
+    rows[2]["answer"], rows[5]["reasoning"] = "  ", ""
+    path = write_rows(tmp_path / "d.jsonl", rows)
+    data = load_conversations(recipe(path, val_size=2))
+    assert (len(data.train), len(data.eval)) == (4, 2)
+    assert sorted(data.report.dropped) == [(f"{path}:3", "empty answer"), (f"{path}:6", "empty reasoning")]
+    summary = data.report.summary()
+    assert summary[0] == f"{path}: 8 rows read, 4 for training, 2 for eval (after dropping 2)"
+    assert any(line.startswith("dropped 2 rows (1 empty answer, 1 empty reasoning)") for line in summary)
+
+
+def test_eval_file_drops_are_counted_like_training_ones(tmp_path, tokenizer):
+    train = rows_file(tmp_path, 6)
+    evals = write_rows(tmp_path / "e.jsonl", [{"question": "q", "reasoning": "r", "answer": ""},
+                                              {"question": "q", "reasoning": "word " * 100, "answer": "a"}])
+    prepared = prepare(recipe(train, eval_path=str(evals), max_seq_length=40, overlong="drop"), tokenizer)
+    assert (f"{evals}:1", "empty answer") in prepared.report.dropped
+    assert (f"{evals}:2", "too long (eval)") in prepared.report.dropped
+    assert prepared.report.dropped_too_long == 1 and prepared.report.eval_examples == 0
+
+
+def test_every_bad_row_is_reported_at_once_before_split_sizes(tmp_path):
+    rows = [{"question": "q", "reasoning": "r", "answer": "a"}, {"question": 1, "reasoning": "r", "answer": "a"},
+            {"question": "q", "answer": "a"}]
+    path = write_rows(tmp_path / "d.jsonl", rows)
+    with pytest.raises(UserError) as caught:
+        load_conversations(recipe(path, val_size=16))
+    text = caught.value.render()
+    assert text.startswith("2 problems:")
+    assert f"{path}:2: field 'question'" in text and f"{path}:3: field 'reasoning': missing field" in text
+    assert "val_size" not in text  # only once the rows are right does the split get its say
+
+
+def test_only_empty_rows_names_the_real_cause(tmp_path, tokenizer):
+    path = write_rows(tmp_path / "d.jsonl", [{"question": "q", "reasoning": "r", "answer": " "}] * 3)
+    with pytest.raises(UserError) as caught:
+        prepare(recipe(path, val_size=0), tokenizer)
+    assert "3 rows dropped: empty answer" in caught.value.render()
+    assert "max_seq_length" not in caught.value.render()
+
+
+def test_placeholders_warn_and_replace_fills_them(tmp_path):
+    path = tmp_path / "identity.json"  # as LLaMA-Factory ships it: a JSON list
+    path.write_text(json.dumps([{"instruction": "who are you?", "input": "",
+                                 "output": "I am {{name}}, an AI assistant developed by {{author}}."}]))
+    data = load_conversations(recipe(path, val_size=0, format="alpaca"))
+    assert any("{{author}}, {{name}}" in w and "data.replace" in w for w in data.report.warnings)
+    data = load_conversations(recipe(path, val_size=0, format="alpaca",
+                                     replace={"{{name}}": "MedBot", "{{author}}": "Ana"}))
+    assert data.train[0].messages[-1].content == "I am MedBot, an AI assistant developed by Ana."
+    assert not data.report.warnings
+
+
+def test_saved_eval_rows_with_line_separators_read_back(tmp_path):
+    path = write_rows(tmp_path / "d.jsonl", [{"question": f"q\u2028{i}", "reasoning": "r", "answer": "a"}
+                                             for i in range(4)])
+    data = load_conversations(recipe(path, val_size=2))
+    save_conversations(data.eval, tmp_path / "eval.jsonl")
+    assert read_conversations(tmp_path / "eval.jsonl") == data.eval
 
 
 def test_truncated_and_dropped_are_counted(tmp_path, tokenizer):
@@ -111,7 +192,7 @@ def test_every_bundled_sample_renders_with_its_recipe(name, tokenizer):
     root = Path(__file__).resolve().parent.parent / "recipes"
     prepared = prepare(load_recipe(find_recipe(name, root), [], Hardware(False)), tokenizer)
     assert prepared.report.train_examples > 100 and prepared.eval
-    assert prepared.report.truncated == 0 and not prepared.report.stray_think
+    assert prepared.report.truncated == 0 and not prepared.report.dropped
     first = prepared.train[0]
     assert first.labels[-1] == tokenizer.eos_token_id and "</think>" in tokenizer.decode(
         [x for x in first.labels if x != -100])

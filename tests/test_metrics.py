@@ -15,8 +15,6 @@ from pathlib import Path
 import pytest
 
 from trainer.metrics import (
-    EOS_TEXT,
-    Split,
     bleu4_chars,
     corpus_scores,
     label_match,
@@ -25,8 +23,6 @@ from trainer.metrics import (
     perplexity,
     rouge_bleu,
     rouge_tokens,
-    split_reasoning,
-    think_format_ok,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,54 +31,6 @@ F = 1e-8  # rouge-chinese's F1 denominator guard
 
 def f1(p: float, r: float) -> float:
     return 2 * p * r / (p + r + F)
-
-
-# --- split_reasoning ---------------------------------------------------------------------------
-
-
-def test_split_typical_r1_completion():
-    s = split_reasoning("Let me think.\nOK.\n</think>\n\n体育" + EOS_TEXT)
-    assert s == Split(reasoning="Let me think.\nOK.", answer="体育", closed=True)
-    assert think_format_ok(s)
-
-
-def test_split_without_close_is_all_reasoning():
-    s = split_reasoning("I am still thinking about it")
-    assert s == Split(reasoning="I am still thinking about it", answer="", closed=False)
-    assert not think_format_ok(s)
-
-
-def test_split_at_first_of_two_closers():
-    s = split_reasoning("a</think>b</think>c")
-    assert s == Split(reasoning="a", answer="b</think>c", closed=True)
-
-
-def test_split_empty_answer():
-    s = split_reasoning("reasoning\n</think>\n\n  " + EOS_TEXT)
-    assert s == Split(reasoning="reasoning", answer="", closed=True)
-    assert not think_format_ok(s)
-
-
-def test_split_strips_one_leading_think():
-    assert split_reasoning("  <think>\nx\n</think>\ny") == Split("x", "y", True)
-    assert split_reasoning("<think><think>x</think>y").reasoning == "<think>x"
-    assert split_reasoning("x <think> y</think>z").reasoning == "x <think> y"
-
-
-def test_split_eos_truncates_padding_and_trailing_text():
-    text = "r</think>\nanswer" + EOS_TEXT + EOS_TEXT + "junk"
-    assert split_reasoning(text) == Split("r", "answer", True)
-    assert split_reasoning("still thinking" + EOS_TEXT) == Split("still thinking", "", False)
-
-
-def test_split_close_only_and_empty_text():
-    assert split_reasoning("</think>ans") == Split("", "ans", True)
-    assert split_reasoning("") == Split("", "", False)
-
-
-def test_split_is_frozen():
-    with pytest.raises(Exception):
-        split_reasoning("a</think>b").answer = "c"  # type: ignore[misc]
 
 
 # --- labels ------------------------------------------------------------------------------------

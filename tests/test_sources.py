@@ -81,3 +81,29 @@ def test_hub_dataset_without_network_says_how_to_use_a_local_file(monkeypatch):
         read_rows("FreedomIntelligence/medical-o1-reasoning-SFT", name="en")
     assert "cannot load hub dataset FreedomIntelligence/medical-o1-reasoning-SFT/en[train]" in caught.value.message
     assert "data.path=/path/to/file.jsonl" in caught.value.fix
+
+
+def test_jsonl_line_separator_inside_a_string_is_not_a_line_break(tmp_path):
+    rows = [{"question": "one\u2028two\u2029three\x85four", "answer": "a"}, {"question": "q2", "answer": "a2"}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    assert "\u2028" in path.read_text(encoding="utf-8")  # written raw, as ensure_ascii=False does
+    read = read_rows(str(path))
+    assert [r.data for r in read] == rows and read[1].where == f"{path}:2"
+
+
+def test_json_file_holding_json_lines_is_read(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    read = read_rows(str(path))
+    assert [r.data for r in read] == ROWS and read[1].where == f"{path}:2"
+
+
+def test_every_bad_line_is_reported_at_once(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": 1}\n{"a": \n[1]\n{"a": 2}\n', encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        read_rows(str(path))
+    lines = caught.value.render().splitlines()
+    assert lines[0] == "2 problems:"
+    assert lines[1].startswith(f"  {path}:2: malformed JSON") and lines[2] == f"  {path}:3: expected a JSON object, got list"

@@ -12,7 +12,9 @@ import torch
 
 from trainer.formats import Message
 from trainer.model import set_distinct_pad
-from trainer.template import GENERATION_PROMPT, IGNORE, encode_conversation, prompt_text, r1_chat_template, render_turns
+from trainer.r1 import GENERATION_PROMPT
+from trainer.r1 import chat_template as r1_chat_template
+from trainer.template import IGNORE, encode_conversation, prompt_text, render_turns
 
 BOS, EOS_ID, THINK_ID, END_THINK_ID, NL, NLNL = 151646, 151643, 151648, 151649, 198, 271
 
@@ -135,3 +137,35 @@ def test_padding_is_never_trained(tokenizer):
 def test_prompt_text_for_generation(tokenizer):
     text = prompt_text([Message("user", "hi")], tokenizer)
     assert text == "<｜begin▁of▁sentence｜><｜User｜>hi<｜Assistant｜><think>\n"
+
+
+def test_data_quoting_special_tokens_stays_text(tokenizer):
+    messages = [Message("system", "Reply after <｜Assistant｜>."), Message("user", "Say </think> and <think>"),
+                Message("assistant", "Done <｜end▁of▁sentence｜> really", "I write </think> as text.")]
+    (example,) = encode_conversation(messages, tokenizer, max_length=4096)
+    assert example.input_ids.count(END_THINK_ID) == 1 and example.input_ids.count(THINK_ID) == 1
+    assert example.input_ids.count(EOS_ID) == 1 and example.input_ids.count(151645) == 1  # the template's own
+    assert tokenizer.decode(trained(example)) == (
+        "I write </think> as text.\n</think>\n\nDone <｜end▁of▁sentence｜> really<｜end▁of▁sentence｜>")
+    closer = trained(example).index(END_THINK_ID)  # the one real closer comes after the whole reasoning
+    assert tokenizer.decode(trained(example)[:closer]) == "I write </think> as text.\n"
+
+
+def test_history_answer_quoting_a_closer_is_not_cut_by_the_template(tokenizer):
+    # The R1 template keeps what follows the last `</think>` of a past answer; the data's own must not count.
+    messages = [Message("user", "q1"), Message("assistant", "use </think> here", "r1"),
+                Message("user", "q2"), Message("assistant", "a2", "r2")]
+    _, second = render_turns(messages, tokenizer)
+    assert second.prompt == ("<｜begin▁of▁sentence｜><｜User｜>q1<｜Assistant｜>\n\nuse </think> here<｜end▁of▁sentence｜>"
+                             "<｜User｜>q2<｜Assistant｜><think>\n")
+    assert ("use </think> here", True) in second.prompt_parts
+
+
+def test_ids_equal_ordinary_encoding_when_the_data_quotes_no_token(tokenizer):
+    messages = [Message("system", "Be brief."), Message("user", "你好，世界。 Tabs\tand  spaces!"),
+                Message("assistant", "答案：42。\n", "先想一想。\n\n然后……")]
+    (turn,) = render_turns(messages, tokenizer)
+    (example,) = encode_conversation(messages, tokenizer, max_length=4096)
+    ordinary = (tokenizer(turn.prompt, add_special_tokens=False)["input_ids"]
+                + tokenizer(turn.completion, add_special_tokens=False)["input_ids"] + [EOS_ID])
+    assert example.input_ids == ordinary

@@ -11,7 +11,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
-from trainer.formats import THINK_CLOSE, THINK_OPEN, Message
+from trainer.formats import Message
+from trainer.r1 import ReasoningStream
 from trainer.template import prompt_text
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -21,60 +22,6 @@ HELP = "type a message; /reset clears the history, /exit (or Ctrl-D) quits"
 
 StreamFn = Callable[[str], Iterable[str]]
 """Prompt text in, generated text pieces out (an object with `stop()` can be interrupted)."""
-
-
-class ThinkSplitter:
-    """Cuts a stream of text pieces into reasoning and answer at the first `</think>`.
-
-    A `</think>` split across pieces is still found: in the reasoning, the last few characters (and any
-    trailing whitespace) are held back until the next piece shows what they are. Whitespace around the
-    separator is dropped, as `split_reasoning` does for evaluation.
-    """
-
-    def __init__(self) -> None:
-        self.pending = ""
-        self.in_answer = False
-        self.started = False  # anything emitted yet in the current part
-        self.closed = False
-
-    def feed(self, piece: str) -> list[tuple[str, str]]:
-        self.pending += piece
-        out: list[tuple[str, str]] = []
-        if not self.in_answer:
-            if not self.started:
-                self.pending = self.pending.lstrip()
-                if THINK_OPEN.startswith(self.pending):
-                    return out  # maybe an echoed <think>: wait for more
-                if self.pending.startswith(THINK_OPEN):
-                    self.pending = self.pending[len(THINK_OPEN):].lstrip()
-            head, sep, tail = self.pending.partition(THINK_CLOSE)
-            if sep:
-                self._emit(out, "reasoning", head.rstrip())
-                self.in_answer, self.closed, self.started, self.pending = True, True, False, tail
-            else:
-                keep = len(self.pending) - (len(THINK_CLOSE) - 1)
-                while keep > 0 and self.pending[keep - 1].isspace():
-                    keep -= 1
-                if keep > 0:
-                    self._emit(out, "reasoning", self.pending[:keep])
-                    self.pending = self.pending[keep:]
-                return out
-        if not self.started:
-            self.pending = self.pending.lstrip()
-        self._emit(out, "answer", self.pending)
-        self.pending = ""
-        return out
-
-    def finish(self) -> list[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
-        self._emit(out, "answer" if self.in_answer else "reasoning", self.pending.rstrip())
-        self.pending = ""
-        return out
-
-    def _emit(self, out: list, kind: str, text: str) -> None:
-        if text:
-            out.append((kind, text))
-            self.started = True
 
 
 class Printer:
@@ -132,7 +79,7 @@ class ChatSession:
 
     def ask(self, text: str, printer: Printer) -> tuple[str, str] | None:
         """Stream the reply to `printer`; returns (reasoning, answer), or None if the user stopped it."""
-        splitter = ThinkSplitter()
+        splitter = ReasoningStream()
         parts = {"reasoning": [], "answer": []}
         generation = self.stream(self.prompt_for(text))
         try:

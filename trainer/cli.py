@@ -133,7 +133,7 @@ def preview_command(args) -> int:
     conversations = load_conversations(recipe)
     tokenizer = load_tokenizer(recipe.model)
     prepared = encode(conversations, tokenizer, recipe)
-    print_examples(prepared, tokenizer, limit=args.limit, as_json=args.json)
+    print_examples(prepared, tokenizer, limit=args.limit, as_json=args.json, ids=args.ids)
     return 0
 
 
@@ -198,7 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     preview = commands.add_parser("preview", help="show rendered training examples with the trained span")
     _recipe_args(preview)
     preview.add_argument("--limit", type=int, default=3, help="examples to show (default 3)")
-    preview.add_argument("--json", action="store_true", help="one JSON object per example on stdout")
+    preview.add_argument("--json", action="store_true",
+                         help='one JSON object per example on stdout, then a {"summary": ...} line')
+    preview.add_argument("--ids", action="store_true", help="with --json: add each example's input_ids and labels")
     preview.set_defaults(command=preview_command)
     evaluate = commands.add_parser("eval", help="compare the base and the trained model on the eval rows")
     evaluate.add_argument("run", nargs="?", default="latest", help="run folder, or `latest` (default)")

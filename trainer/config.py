@@ -52,20 +52,48 @@ class Columns:
     """Classification format: column holding the label (an index into `labels`, or the label name)."""
     system: str = "system"
     """Any format: optional column with a per-row system prompt."""
+    history: str = "history"
+    """Alpaca format: optional column of earlier [instruction, response] pairs (LLaMA-Factory's layout)."""
+    tools: str = "tools"
+    """ShareGPT and messages formats: tool definitions; rows that have them are refused (not supported)."""
+
+
+@dataclass(frozen=True)
+class Tags:
+    """ShareGPT format: the keys and speaker names of each turn (LLaMA-Factory's `tags`)."""
+
+    role_tag: str = "from"
+    """Key of a turn's speaker."""
+    content_tag: str = "value"
+    """Key of a turn's text."""
+    user_tag: str = "human"
+    """Speaker name of user turns (`user` is accepted too)."""
+    assistant_tag: str = "gpt"
+    """Speaker name of assistant turns (`assistant` is accepted too)."""
+    system_tag: str = "system"
+    """Speaker name of a system turn."""
+    observation_tag: str = "observation"
+    """Speaker name of tool results: refused, tool calls are not supported."""
+    function_tag: str = "function_call"
+    """Speaker name of tool calls: refused, tool calls are not supported."""
 
 
 @dataclass(frozen=True)
 class Source:
     path: str = ""
-    """Data file (.jsonl, .json, .csv, .parquet) or a hub dataset id."""
+    """Data file (.jsonl, .json, .csv, .parquet), a hub dataset id, or a LLaMA-Factory dataset_info.json (with `name`)."""
     format: Format = "messages"
     """Row layout: alpaca, sharegpt, messages, reasoning (column-mapped) or classification."""
     name: str | None = None
-    """Hub dataset configuration (subset) name, e.g. `en` for medical-o1-reasoning-SFT."""
+    """Hub dataset configuration (subset) name, e.g. `en` for medical-o1-reasoning-SFT; with a dataset_info.json, the dataset's key."""
     split: str = "train"
     """Split to read from a hub dataset (ignored for local files)."""
     columns: Columns = field(default_factory=Columns)
     """Column names for the chosen format."""
+    tags: Tags = field(default_factory=Tags)
+    """ShareGPT format: turn keys and speaker names."""
+    replace: dict[str, str] = field(default_factory=dict)
+    """Text put in place in every row, e.g. {"{{name}}": "MedBot"} for LLaMA-Factory's identity.json."""
     labels: list[str] = field(default_factory=list)
     """Classification format: label names; integer labels index into this list."""
     prompt: str = "{text}"
@@ -273,3 +301,5 @@ def _check_source(source: Source, prefix: str, need) -> None:
         need(len(set(source.labels)) == len(source.labels), f"{prefix}.labels", "has a repeated label name")
     need(source.max_samples is None or source.max_samples >= 1, f"{prefix}.max_samples",
          f"must be at least 1, got {source.max_samples}")
+    need(all(isinstance(k, str) and k and isinstance(v, str) for k, v in source.replace.items()),
+         f"{prefix}.replace", 'must map non-empty text to text, e.g. {"{{name}}": "MedBot"}')

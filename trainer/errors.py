@@ -26,6 +26,26 @@ class UserError(Exception):
         return text
 
 
+class UserErrors(UserError):
+    """Several problems found together (every bad row of a file, say): one line each, all reported at once."""
+
+    SHOWN = 30
+
+    def __init__(self, errors: list[UserError]):
+        self.errors = errors
+        first = errors[0]
+        super().__init__(first.message, where=first.where, fix=first.fix)
+
+    def render(self) -> str:
+        if len(self.errors) == 1:
+            return self.errors[0].render()
+        lines = [e.render() for e in self.errors[: self.SHOWN]]
+        more = len(self.errors) - self.SHOWN
+        if more > 0:
+            lines.append(f"... and {more} more")
+        return f"{len(self.errors)} problems:\n  " + "\n  ".join(lines)
+
+
 def run_command(args, interrupted: str = "interrupted") -> int:
     """Run a parsed CLI command (`args.command(args)`): a UserError is one line on stderr and exit code 2."""
     try:

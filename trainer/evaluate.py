@@ -24,8 +24,9 @@ from trainer.errors import UserError
 from trainer.formats import Message
 from trainer.generate import generate, history_of
 from trainer.hardware import Hardware, detect
-from trainer.metrics import corpus_scores, label_match, perplexity, rouge_bleu, split_reasoning, think_format_ok
+from trainer.metrics import corpus_scores, label_match, perplexity, rouge_bleu, think_format_ok
 from trainer.model import base_path, choose_backend, load_for_inference, start_engine
+from trainer.r1 import split_reasoning
 from trainer.recipe import load_resolved
 from trainer.runs import ADAPTER, is_complete, require_complete, write_json, write_text
 from trainer.template import IGNORE, Encoded, encode_conversation

@@ -7,17 +7,22 @@ the field.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 from trainer.config import Source
 from trainer.errors import UserError
+from trainer.r1 import split_reasoning
 from trainer.sources import Row
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
 MESSAGE_ROLES = {"system", "user", "assistant"}
+MEDIA_COLUMNS = ("images", "videos", "audios")
+MEDIA_TAGS = ("<image>", "<video>", "<audio>")
+PLACEHOLDER = re.compile(r"\{\{[^{}]*\}\}")
+"""`{{name}}`-style placeholders, as in LLaMA-Factory's identity.json, that `data.replace` should fill in."""
 
 
 @dataclass(frozen=True)
@@ -30,65 +35,99 @@ class Message:
     """Assistant only: the chain of thought that precedes the answer (None if the row had none)."""
 
 
+class Dropped(Exception):
+    """A well-formed row that is left out on purpose (an empty question, reasoning or answer): counted, not fatal."""
+
+    def __init__(self, why: str):
+        super().__init__(why)
+        self.why = why
+
+
 def to_conversation(row: Row, source: Source) -> list[Message]:
-    """Map `row` to messages according to `source.format`; a system prompt is put first if there is one."""
+    """Map `row` to messages according to `source.format`; a system prompt is put first if there is one.
+
+    Raises `UserError` for a row that does not fit the format, `Dropped` for one with nothing to learn from.
+    """
+    _refuse_media(row)
     messages = _FORMATS[source.format](row, source)
     system = _optional_text(row, source.columns.system) or source.system
     if system and not any(m.role == "system" for m in messages):
         messages = [Message("system", system), *messages]
+    if source.replace:
+        messages = [_replaced(m, source.replace) for m in messages]
     _check_order(messages, row)
+    _refuse_media_tags(messages, row)
+    _check_not_empty(messages)
     return messages
 
 
-def split_think(text: str) -> tuple[str | None, str]:
-    """`<think>\\nR\\n</think>\\n\\nA` -> (R, A); text without a leading think block -> (None, text)."""
-    stripped = text.lstrip()
-    if not stripped.startswith(THINK_OPEN) or THINK_CLOSE not in stripped:
-        return None, text.strip()
-    reasoning, _, answer = stripped[len(THINK_OPEN):].partition(THINK_CLOSE)
-    return reasoning.strip(), answer.strip()
-
-
-def stray_think_tags(messages: list[Message]) -> bool:
-    """True if a think tag is left inside a reasoning or an answer, where the model would learn it as text."""
-    return any(THINK_OPEN in part or THINK_CLOSE in part
-               for m in messages for part in (m.content, m.reasoning or ""))
+def placeholders(messages: list[Message]) -> set[str]:
+    """The `{{...}}` placeholders left in a conversation's text."""
+    return {p for m in messages for part in (m.content, m.reasoning or "") for p in PLACEHOLDER.findall(part)}
 
 
 def _reasoning(row: Row, source: Source) -> list[Message]:
     c = source.columns
     question, reasoning, answer = (_text(row, col, key) for col, key in (
         (c.question, "columns.question"), (c.reasoning, "columns.reasoning"), (c.answer, "columns.answer")))
+    if not reasoning.strip():
+        raise Dropped("empty reasoning")
     return [Message("user", question), Message("assistant", answer.strip(), reasoning.strip())]
 
 
 def _alpaca(row: Row, source: Source) -> list[Message]:
     c = source.columns
-    instruction = _text(row, c.instruction, "columns.instruction")
+    instruction = _scalar_text(row, c.instruction, "columns.instruction")
     extra = _optional_text(row, c.input)
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return [Message("user", prompt), _assistant(_text(row, c.output, "columns.output"))]
+    output = _scalar_text(row, c.output, "columns.output")
+    return [*_history(row, c.history), Message("user", prompt), _assistant(output)]
+
+
+def _history(row: Row, column: str) -> list[Message]:
+    """Alpaca's earlier turns: a list of [instruction, response] pairs, oldest first."""
+    value = row.data.get(column)
+    if value is None or value == "":
+        return []
+    if not isinstance(value, list):
+        raise _field_error(row, column, f"must be a list of [instruction, response] pairs, got "
+                                        f"{type(value).__name__}")
+    out = []
+    for i, pair in enumerate(value):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise _field_error(row, f"{column}[{i}]", "must be a pair of texts [instruction, response]")
+        out += [Message("user", pair[0]), _assistant(pair[1])]
+    return out
 
 
 def _sharegpt(row: Row, source: Source) -> list[Message]:
+    tags = source.tags
     turns = _list(row, source.columns.conversations, "columns.conversations")
+    _refuse_tools(row, source)
+    roles = {**SHAREGPT_ROLES, tags.user_tag: "user", tags.assistant_tag: "assistant", tags.system_tag: "system"}
     messages = []
     for i, turn in enumerate(turns):
         where = f"{source.columns.conversations}[{i}]"
-        if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or "value" not in turn:
-            raise _field_error(row, where, "each turn must be an object with `from` and `value`")
-        role = SHAREGPT_ROLES.get(turn["from"])
+        if not isinstance(turn, dict) or not isinstance(turn.get(tags.role_tag), str) or tags.content_tag not in turn:
+            raise _field_error(row, where, f"each turn must be an object with `{tags.role_tag}` and "
+                                           f"`{tags.content_tag}`")
+        speaker, value = turn[tags.role_tag], turn[tags.content_tag]
+        if speaker in (tags.observation_tag, tags.function_tag):
+            raise _field_error(row, f"{where}.{tags.role_tag}", f"tool-call turns ('{speaker}') are not supported",
+                               "leave such rows out")
+        role = roles.get(speaker)
         if role is None:
-            raise _field_error(row, f"{where}.from", f"unsupported speaker '{turn['from']}'",
-                               f"use one of {', '.join(SHAREGPT_ROLES)}")
-        if not isinstance(turn["value"], str):
-            raise _field_error(row, f"{where}.value", f"must be text, got {type(turn['value']).__name__}")
-        messages.append(_assistant(turn["value"]) if role == "assistant" else Message(role, turn["value"]))
+            raise _field_error(row, f"{where}.{tags.role_tag}", f"unsupported speaker '{speaker}'",
+                               f"use one of {', '.join(dict.fromkeys(roles))}")
+        if not isinstance(value, str):
+            raise _field_error(row, f"{where}.{tags.content_tag}", f"must be text, got {type(value).__name__}")
+        messages.append(_assistant(value) if role == "assistant" else Message(role, value))
     return messages
 
 
 def _messages(row: Row, source: Source) -> list[Message]:
     turns = _list(row, source.columns.messages, "columns.messages")
+    _refuse_tools(row, source)
     messages = []
     for i, turn in enumerate(turns):
         where = f"{source.columns.messages}[{i}]"
@@ -133,8 +172,48 @@ _FORMATS = {"reasoning": _reasoning, "alpaca": _alpaca, "sharegpt": _sharegpt, "
 
 
 def _assistant(text: str) -> Message:
-    reasoning, answer = split_think(text)
-    return Message("assistant", answer, reasoning)
+    """An inline reply: `<think>R</think>A` or R1-distilled `R\\n</think>\\n\\nA` split; with no `</think>`, all answer."""
+    split = split_reasoning(text, stop_at_eos=False)
+    return Message("assistant", split.answer, split.reasoning) if split.closed else Message("assistant", text.strip())
+
+
+def _replaced(message: Message, table: dict[str, str]) -> Message:
+    def fill(text: str) -> str:
+        for old, new in table.items():
+            text = text.replace(old, new)
+        return text
+
+    return replace(message, content=fill(message.content),
+                   reasoning=None if message.reasoning is None else fill(message.reasoning))
+
+
+def _check_not_empty(messages: list[Message]) -> None:
+    for m in messages:
+        if m.role == "user" and not m.content.strip():
+            raise Dropped("empty question")
+        if m.role == "assistant" and not m.content.strip():
+            raise Dropped("empty answer")
+
+
+def _refuse_media(row: Row) -> None:
+    for column in MEDIA_COLUMNS:
+        if row.data.get(column):
+            raise _field_error(row, column, "images, videos and audio are not supported: R1-Distill models read "
+                                            "text only", "use a text-only dataset")
+
+
+def _refuse_media_tags(messages: list[Message], row: Row) -> None:
+    for i, m in enumerate(messages):
+        tag = next((t for t in MEDIA_TAGS if t in m.content or t in (m.reasoning or "")), None)
+        if tag:
+            raise _field_error(row, f"{m.role} turn {i}", f"{tag} marks a multimodal row: R1-Distill models read "
+                                                          "text only", "use a text-only dataset")
+
+
+def _refuse_tools(row: Row, source: Source) -> None:
+    if row.data.get(source.columns.tools):
+        raise _field_error(row, source.columns.tools, "tool definitions (tool calls) are not supported",
+                           "leave such rows out")
 
 
 def _check_order(messages: list[Message], row: Row) -> None:
@@ -161,9 +240,23 @@ def _text(row: Row, column: str, key: str) -> str:
     return value
 
 
+def _scalar_text(row: Row, column: str, key: str) -> str:
+    """A required text field where a number is taken as its text (`"input": 25` means "25")."""
+    if row.data.get(column) is None:
+        return _text(row, column, key)
+    return _optional_text(row, column)
+
+
 def _optional_text(row: Row, column: str) -> str:
+    """An optional text field: missing is empty, a number becomes its text, a list or object is an error."""
     value = row.data.get(column)
-    return value if isinstance(value, str) else ""
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise _field_error(row, column, f"must be text or a number, got {type(value).__name__}")
+    return value
 
 
 def _list(row: Row, column: str, key: str) -> list[Any]:

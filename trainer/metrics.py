@@ -1,7 +1,7 @@
 """Pure metric functions for the evaluation stage.
 
 Completions of DeepSeek-R1-Distill models look like `<reasoning>\n</think>\n\n<answer>` because the
-generation prompt already opened `<think>\n`. `split_reasoning` separates the two parts; the other
+generation prompt already opened `<think>\n`. `trainer.r1.split_reasoning` separates the two parts; these
 functions score an answer against a reference.
 
 ROUGE-1/2/L and BLEU-4 reproduce LLaMA-Factory's `predict_rouge-1` ... `predict_bleu-4` numbers
@@ -14,54 +14,13 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
 from trainer.errors import UserError
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-# DeepSeek spells its special tokens with fullwidth bars (U+FF5C) and U+2581, not ASCII.
-EOS_TEXT = "<｜end▁of▁sentence｜>"
+from trainer.r1 import Split
 
 METRIC_KEYS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
-
-
-@dataclass(frozen=True)
-class Split:
-    """A completion cut into its think block and its answer, both stripped of surrounding whitespace.
-
-    `closed` says whether the model ever wrote `</think>`.
-    """
-
-    reasoning: str
-    answer: str
-    closed: bool
-
-
-def split_reasoning(text: str) -> Split:
-    """Split a generated completion at its first `</think>`.
-
-    - The end-of-sentence text and everything after it is dropped: generation stops at EOS, so what
-      follows is padding (R1-Distill pads with the EOS token) or output that was never meant to count.
-    - One leading `<think>` is dropped, because some decoders echo the tag the prompt opened.
-    - Without `</think>` the model never finished thinking: all text is reasoning, the answer is empty
-      and `closed` is False, so a truncated chain of thought is never scored as an answer.
-    - With two or more `</think>` the first one wins. The prompt opened exactly one think block and the
-      first closer ends it (vLLM's DeepSeek-R1 reasoning parser does the same); a stray later closer
-      stays in the answer, where it makes label and similarity metrics pay for the malformed output
-      instead of rewarding whatever came after the last one.
-    - An empty answer after `</think>` is kept empty (closed True); `think_format_ok` rejects it.
-    """
-    eos = text.find(EOS_TEXT)
-    if eos >= 0:
-        text = text[:eos]
-    text = text.lstrip()
-    if text.startswith(THINK_OPEN):
-        text = text[len(THINK_OPEN):]
-    reasoning, sep, answer = text.partition(THINK_CLOSE)
-    return Split(reasoning=reasoning.strip(), answer=answer.strip(), closed=bool(sep))
 
 
 def think_format_ok(split: Split) -> bool:

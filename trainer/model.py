@@ -16,7 +16,7 @@ from trainer.config import TINY, ModelConfig, Recipe
 from trainer.config import LoraConfig as LoraSettings
 from trainer.errors import UserError
 from trainer.hardware import Hardware
-from trainer.template import r1_chat_template
+from trainer.r1 import chat_template as r1_chat_template
 
 PAD_CANDIDATES = ("<|vision_pad|>", "<|finetune_right_pad_id|>", "<｜▁pad▁｜>", "<|fim_pad|>", "<pad>")
 """Unused tokens that real R1-Distill vocabularies have, tried in order as a pad distinct from eos."""

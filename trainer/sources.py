@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import UserError
+from trainer.errors import UserError, UserErrors
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -64,37 +64,50 @@ def read_utf8(path: Path) -> str:
                         fix="re-save the file as UTF-8") from None
 
 
-def _read_jsonl(path: Path) -> list[Row]:
-    rows = []
-    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
+def _read_jsonl(path: Path, text: str | None = None) -> list[Row]:
+    """One JSON object per line. Lines end at `\\n` only: U+2028 and friends are valid inside JSON strings
+    (`json.dumps(ensure_ascii=False)` writes them raw), so `str.splitlines` would cut rows apart."""
+    rows, problems = [], []
+    for number, line in enumerate((read_utf8(path) if text is None else text).split("\n"), start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"malformed JSON: {exc.msg} (column {exc.colno})", where=f"{path}:{number}",
-                            fix="each line must be one JSON object") from None
+            problems.append(UserError(f"malformed JSON: {exc.msg} (column {exc.colno})", where=f"{path}:{number}",
+                                      fix="each line must be one JSON object"))
+            continue
         if not isinstance(value, dict):
-            raise UserError(f"expected a JSON object, got {type(value).__name__}", where=f"{path}:{number}")
+            problems.append(UserError(f"expected a JSON object, got {type(value).__name__}", where=f"{path}:{number}"))
+            continue
         rows.append(Row(f"{path}:{number}", value))
+    if problems:
+        raise UserErrors(problems)
     return rows
 
 
 def _read_json(path: Path) -> list[Row]:
+    text = read_utf8(path)
     try:
-        value = json.loads(read_utf8(path))
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and text.lstrip().startswith("{"):
+            return _read_jsonl(path, text)  # JSON lines saved as .json: read them as such
         raise UserError(f"malformed JSON: {exc.msg} (column {exc.colno})", where=f"{path}:{exc.lineno}") from None
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         value = value["data"]
     if not isinstance(value, list):
         raise UserError("expected a JSON list of objects", where=str(path),
-                        fix="use [ {...}, {...} ] or one object per line in a .jsonl file")
-    rows = []
+                        fix="use [ {...}, {...} ] or one object per line (JSON lines)")
+    rows, problems = [], []
     for index, item in enumerate(value):
         if not isinstance(item, dict):
-            raise UserError(f"expected a JSON object, got {type(item).__name__}", where=f"{path}: item {index}")
+            problems.append(UserError(f"expected a JSON object, got {type(item).__name__}",
+                                      where=f"{path}: item {index}"))
+            continue
         rows.append(Row(f"{path}: item {index}", item))
+    if problems:
+        raise UserErrors(problems)
     return rows
 
 

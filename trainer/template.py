@@ -10,35 +10,38 @@ inference (tokenizing the joined text could merge `\\n` with the first reasoning
 """
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.resources
+import json
+import re
 from dataclasses import dataclass
-from functools import cache
 
-from trainer.errors import UserError
-from trainer.formats import THINK_CLOSE, THINK_OPEN, Message
+from tokenizers import Tokenizer
+
+from trainer.formats import Message
+from trainer.r1 import reply_text
 
 IGNORE = -100
-GENERATION_PROMPT = "<｜Assistant｜><think>\n"
 
+Part = tuple[str, bool]
+"""A piece of rendered text and whether it came from the data (True) or from the template (False)."""
 
-@cache
-def r1_chat_template() -> str:
-    """The original (inference) DeepSeek-R1-Distill chat template, as shipped inside the installed trl."""
-    resource = importlib.resources.files("trl") / "chat_templates" / "deepseek_r1_distill.jinja"
-    if not resource.is_file():
-        raise UserError("trl has no chat_templates/deepseek_r1_distill.jinja",
-                        where=f"trl {importlib.metadata.version('trl')}",
-                        fix="install the trl version pinned by the project (make setup)")
-    return resource.read_text(encoding="utf-8")
+_MARK = "\ue000{}\ue001"  # private-use characters: a placeholder for data text while the template renders
+_MARK_RE = re.compile("\ue000(\\d+)\ue001")
 
 
 @dataclass(frozen=True)
 class Turn:
-    prompt: str
+    prompt_parts: tuple[Part, ...]
     """Everything before the trained span: system, history, user turn, generation prompt."""
-    completion: str
+    completion_parts: tuple[Part, ...]
     """What the model must generate after the prompt, without the end-of-sequence token."""
+
+    @property
+    def prompt(self) -> str:
+        return "".join(text for text, _ in self.prompt_parts)
+
+    @property
+    def completion(self) -> str:
+        return "".join(text for text, _ in self.completion_parts)
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class Encoded:
 
 def assistant_text(message: Message) -> str:
     """The full assistant reply as the model writes it: think block, then the answer."""
-    return f"{THINK_OPEN}\n{(message.reasoning or '').strip()}\n{THINK_CLOSE}\n\n{message.content.strip()}"
+    return reply_text(message.reasoning, message.content)
 
 
 def render_turns(messages: list[Message], tokenizer, train_turns: str = "all") -> list[Turn]:
@@ -66,16 +69,39 @@ def render_turns(messages: list[Message], tokenizer, train_turns: str = "all") -
 
 def prompt_text(history: list[Message], tokenizer) -> str:
     """The inference prompt for `history` (ending with a user turn), generation prompt included."""
-    chat = [{"role": m.role, "content": assistant_text(m) if m.role == "assistant" else m.content}
-            for m in history]
-    return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    return "".join(text for text, _ in prompt_parts(history, tokenizer))
+
+
+def prompt_parts(history: list[Message], tokenizer) -> list[Part]:
+    """The inference prompt, each piece marked as data or template text.
+
+    The template renders placeholders instead of the data's text, which is put back afterwards: so the template
+    cannot act on what the data says (the R1 template cuts an assistant turn at a `</think>` in its text), and
+    encoding knows which `<think>` or `<｜User｜>` the template wrote (a token) and which the data quoted (text).
+    """
+    texts: list[str] = []
+
+    def mark(text: str) -> str:
+        texts.append(text)
+        return _MARK.format(len(texts) - 1)
+
+    chat = [{"role": m.role, "content": reply_text(mark((m.reasoning or "").strip()), mark(m.content.strip()))
+             if m.role == "assistant" else mark(m.content)} for m in history]
+    rendered = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    parts: list[Part] = []
+    for i, piece in enumerate(_MARK_RE.split(rendered)):
+        if piece:
+            parts.append((texts[int(piece)], True) if i % 2 else (piece, False))
+    return parts
 
 
 def _turn(history: list[Message], reply: Message, tokenizer) -> Turn:
-    prompt = prompt_text(history, tokenizer)
-    full = assistant_text(reply)
-    opened = _opened_prefix(prompt, full)
-    return Turn(prompt=prompt, completion=full[len(opened):])
+    prompt = prompt_parts(history, tokenizer)
+    head, middle = reply_text(_MARK, _MARK).split(_MARK)[:2]  # `<think>\n`, `\n</think>\n\n`
+    opened = _opened_prefix("".join(text for text, _ in prompt), head)
+    completion = [(head[len(opened):], False), ((reply.reasoning or "").strip(), True), (middle, False),
+                  (reply.content.strip(), True)]
+    return Turn(tuple(prompt), tuple(p for p in completion if p[0]))
 
 
 def _opened_prefix(prompt: str, reply: str) -> str:
@@ -91,8 +117,8 @@ def encode_turns(turns: list[Turn], tokenizer, max_length: int,
     """Tokenize and mask; examples with no trained token left (or too long with `overlong="drop"`) are None."""
     if not turns:
         return []
-    prompts = tokenizer([t.prompt for t in turns], add_special_tokens=False)["input_ids"]
-    completions = tokenizer([t.completion for t in turns], add_special_tokens=False)["input_ids"]
+    prompts = encode_parts([t.prompt_parts for t in turns], tokenizer)
+    completions = encode_parts([t.completion_parts for t in turns], tokenizer)
     eos = tokenizer.eos_token_id
     out = []
     for prompt_ids, completion_ids in zip(prompts, completions):
@@ -105,6 +131,42 @@ def encode_turns(turns: list[Turn], tokenizer, max_length: int,
         ids, labels = ids[:max_length], labels[:max_length]
         out.append(Encoded(ids, labels, truncated) if any(x != IGNORE for x in labels) else None)
     return out
+
+
+def encode_parts(sequences: list[tuple[Part, ...]], tokenizer) -> list[list[int]]:
+    """Token ids of each sequence of parts: only template text yields special tokens, data text never does.
+
+    The text between two of the template's tokens (template and data text together) is encoded in one go, as
+    the tokenizer itself does around its added tokens, so the ids equal ordinary encoding whenever the data
+    quotes no token; a quoted `</think>` becomes the ordinary pieces of that text.
+    """
+    tokens = tokenizer.get_added_vocab()
+    splitter = re.compile("(" + "|".join(map(re.escape, sorted(tokens, key=len, reverse=True))) + ")")
+    layouts: list[list[int | str]] = []
+    for parts in sequences:
+        layout: list[int | str] = [""]
+        for text, from_data in parts:
+            for i, piece in enumerate([text] if from_data else splitter.split(text)):
+                if i % 2:
+                    layout += [tokens[piece], ""]
+                else:
+                    layout[-1] += piece
+        layouts.append([item for item in layout if item != ""])
+    runs = [item for layout in layouts for item in layout if isinstance(item, str)]
+    encoded = iter(e.ids for e in _plain_backend(tokenizer).encode_batch(runs, add_special_tokens=False))
+    return [[i for item in layout for i in ([item] if isinstance(item, int) else next(encoded))]
+            for layout in layouts]
+
+
+def _plain_backend(tokenizer) -> Tokenizer:
+    """The tokenizer's backend without its added tokens: text in, ordinary pieces out, never a special token."""
+    plain = getattr(tokenizer, "_r1_plain_backend", None)
+    if plain is None:
+        spec = json.loads(tokenizer.backend_tokenizer.to_str())
+        spec["added_tokens"] = []
+        plain = Tokenizer.from_str(json.dumps(spec))
+        tokenizer._r1_plain_backend = plain
+    return plain
 
 
 def encode_conversation(messages: list[Message], tokenizer, max_length: int, train_turns: str = "all",

@@ -21,7 +21,7 @@ from tokenizers.models import BPE
 from trainer.cache import building, cache_dir
 from trainer.config import TINY  # noqa: F401  (re-exported: the model name that selects this model)
 from trainer.errors import UserError
-from trainer.template import r1_chat_template
+from trainer.r1 import ASSISTANT, BOS, BOS_ID, EOS, EOS_ID, THINK_CLOSE, THINK_OPEN, USER, chat_template
 from trainer.vendor import llama_cpp_source
 
 TINY_VERSION = "v3"
@@ -29,15 +29,13 @@ TINY_VERSION = "v3"
 
 VOCAB_SIZE = 151_936  # the real checkpoints' embedding rows (padded beyond the 151,665 tokens)
 N_BASE_TOKENS = 151_643  # Qwen2's byte-level BPE tokens; everything after them is an added token
-BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
-BOS_ID, EOS_ID = 151_646, 151_643
 
 # R1-Distill-Qwen's added tokens from id 151643 on, in order, with the real tokenizer.json's `special` flag:
 # only eos, bos and Qwen2.5's vision tokens are special there, so decoding with skip_special_tokens keeps
 # `<｜User｜>`, `<｜Assistant｜>` and `<think>` (and llama.cpp marks the same tokens as control tokens).
 ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
-    (EOS, True), ("<｜User｜>", False), ("<｜Assistant｜>", False), (BOS, True), ("<|EOT|>", False),
-    ("<think>", False), ("</think>", False),
+    (EOS, True), (USER, False), (ASSISTANT, False), (BOS, True), ("<|EOT|>", False),
+    (THINK_OPEN, False), (THINK_CLOSE, False),
     ("<|quad_start|>", True), ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True),
     ("<|vision_pad|>", True), ("<|image_pad|>", True), ("<|video_pad|>", True),
     ("<tool_call>", False), ("</tool_call>", False),
@@ -164,7 +162,7 @@ def r1_tokenizer(backend: Tokenizer) -> transformers.PreTrainedTokenizerFast:
         bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=None,
         add_bos_token=True, add_eos_token=False,
         model_max_length=16_384, clean_up_tokenization_spaces=False,
-        chat_template=r1_chat_template(),
+        chat_template=chat_template(),
     )
 
 

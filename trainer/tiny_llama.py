@@ -15,7 +15,8 @@ from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
 from trainer.errors import UserError
-from trainer.tiny import BOS, EOS, add_in_id_order, cached_model, r1_tokenizer, read_gguf_metadata, save_model
+from trainer.r1 import BOS, EOS
+from trainer.tiny import add_in_id_order, cached_model, r1_tokenizer, read_gguf_metadata, save_model
 from trainer.vendor import llama_cpp_source
 
 TINY_LLAMA_VERSION = "v1"

@@ -16,6 +16,7 @@ import pytest
 
 from export import gguf, llamacpp, modelfile, verify
 from trainer.errors import UserError
+from trainer import r1
 from trainer.tiny import read_gguf_metadata
 
 needs_tools = pytest.mark.llamacpp
@@ -248,8 +249,8 @@ def test_ollama_template_renders_like_the_hf_template(name: str, tiny_path: Path
     expected = tok.apply_chat_template(messages, chat_template=verify.original_chat_template(), tokenize=False,
                                        add_generation_prompt=True)
     # Ollama adds BOS when tokenizing (the GGUF's add_bos_token), so its template leaves it out.
-    assert expected.startswith(modelfile.BOS)
-    assert render_go_template(modelfile.TEMPLATE, {"Messages": _as_ollama(messages)}) == expected[len(modelfile.BOS):]
+    assert expected.startswith(r1.BOS)
+    assert render_go_template(modelfile.TEMPLATE, {"Messages": _as_ollama(messages)}) == expected[len(r1.BOS):]
 
 
 def test_ollama_template_continues_a_final_assistant_message() -> None:
