@@ -26,10 +26,13 @@ def check_before_training(recipe: Recipe) -> None:
 
 
 def writable_folder(output_dir: str) -> Path:
-    """Create `output_dir` if needed and prove a file can be written there."""
-    folder = Path(output_dir).expanduser()
+    """The folder that holds (or will hold) `output_dir`, once a file was written there; nothing is created."""
+    folder = Path(output_dir).expanduser().absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(folder))
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
             pass
     except OSError as exc:

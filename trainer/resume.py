@@ -72,6 +72,8 @@ class Continuity(TrainerCallback):
         old = self.before.learning_rate
         if old and optimizer is not None and not math.isclose(old, self.recipe.train.learning_rate):
             rescale_learning_rate(optimizer, lr_scheduler, self.recipe.train.learning_rate / old)
+        if state.global_step and optimizer is not None:
+            follow_schedule(optimizer, lr_scheduler)
         seen = [h["num_tokens"] for h in state.log_history if "num_tokens" in h]
         if seen and hasattr(self.trainer, "_total_train_tokens"):
             self.trainer._total_train_tokens = int(seen[-1])  # TRL restarts it at 0 on every train()
@@ -105,6 +107,20 @@ def rescale_learning_rate(optimizer, lr_scheduler, ratio: float) -> None:
         lr_scheduler.base_lrs = [lr * ratio for lr in lr_scheduler.base_lrs]
         if getattr(lr_scheduler, "_last_lr", None):
             lr_scheduler._last_lr = [lr * ratio for lr in lr_scheduler._last_lr]
+
+
+def follow_schedule(optimizer, lr_scheduler) -> None:
+    """Set each group's current rate from this run's schedule at the restored step. The checkpoint holds the rate
+    of the old schedule (0 at the end of a cosine), which would be used for the first resumed step when
+    train.max_steps or epochs grew."""
+    lambdas = getattr(lr_scheduler, "lr_lambdas", None)
+    if not lambdas or len(lambdas) != len(optimizer.param_groups):
+        return
+    step = lr_scheduler.last_epoch
+    rates = [base * fn(step) for base, fn in zip(lr_scheduler.base_lrs, lambdas)]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    lr_scheduler._last_lr = rates
 
 
 def finish_from_checkpoint(trainer, checkpoint: str) -> None:

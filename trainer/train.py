@@ -58,9 +58,9 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
         raise
     guard.raise_if_tripped(run_dir)
     elapsed = time.perf_counter() - started + before.seconds
+    trained, tokens = sum_over_processes(counter.trained, counter.tokens)  # before the eval batches add to them
     final_eval = final_evaluation(trainer) if prepared.eval else {}
     save_weights(trainer, loaded, run_dir)
-    trained, tokens = sum_over_processes(counter.trained, counter.tokens)
     counts = (int(trained) + before.trained, int(tokens) + before.tokens)
     metrics = summarize(trainer.state, final_eval, counts, elapsed, loaded, hardware)
     metrics["engine"] = engine_of(trainer)
