@@ -61,14 +61,58 @@ def already_finished(recipe: Recipe, checkpoint: str | Path) -> bool:
     return bool(target) and state.get("global_step", 0) >= target
 
 
+class BatchLedger:
+    """Wraps the training collator (a TokenCounter) and remembers each training batch's counts.
+
+    The data loader builds one batch ahead of the step that uses it, so the counter's running total is a batch
+    ahead at a checkpoint (and at the end); `consumed(steps)` counts only the batches those steps trained on."""
+
+    def __init__(self, counter, accumulation: int):
+        self.counter, self.accumulation = counter, accumulation
+        self.batches: list[tuple[int, int]] = []
+
+    def __call__(self, examples):
+        trained, tokens = self.counter.trained, self.counter.tokens
+        batch = self.counter(examples)
+        self.batches.append((self.counter.trained - trained, self.counter.tokens - tokens))
+        return batch
+
+    def consumed(self, steps: int) -> tuple[int, int]:
+        """Trained and input tokens of this process's first `steps` optimizer steps since it started."""
+        used = self.batches[:max(steps, 0) * self.accumulation]
+        return sum(b[0] for b in used), sum(b[1] for b in used)
+
+
+def count_training_batches_only(trainer, ledger: BatchLedger) -> None:
+    """Evaluation batches go through the plain collator, so they neither count as trained tokens nor as steps."""
+    trainer.data_collator = ledger
+    original = trainer.get_eval_dataloader
+
+    def eval_loader(*args, **kwargs):
+        trainer.data_collator = ledger.counter.collator
+        try:
+            return original(*args, **kwargs)
+        finally:
+            trainer.data_collator = ledger
+
+    trainer.get_eval_dataloader = eval_loader
+
+
 class Continuity(TrainerCallback):
     """Keeps a resumed run one run: new learning rate applied, TRL's token count continued, totals saved."""
 
-    def __init__(self, trainer, recipe: Recipe, counter, before: Totals, clock, on_first_step=None):
-        self.trainer, self.recipe, self.counter, self.before, self.clock = trainer, recipe, counter, before, clock
+    def __init__(self, trainer, recipe: Recipe, ledger: BatchLedger, before: Totals, clock, on_first_step=None):
+        self.trainer, self.recipe, self.ledger, self.before, self.clock = trainer, recipe, ledger, before, clock
         self.on_first_step = on_first_step
+        self.first_step = 0
+
+    def totals(self, global_step: int) -> tuple[int, int]:
+        """Trained and input tokens of the whole run up to `global_step`, over all processes (call on each)."""
+        trained, tokens = sum_over_processes(*self.ledger.consumed(global_step - self.first_step))
+        return int(trained) + self.before.trained, int(tokens) + self.before.tokens
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        self.first_step = state.global_step
         old = self.before.learning_rate
         if old and optimizer is not None and not math.isclose(old, self.recipe.train.learning_rate):
             rescale_learning_rate(optimizer, lr_scheduler, self.recipe.train.learning_rate / old)
@@ -84,13 +128,13 @@ class Continuity(TrainerCallback):
             self.on_first_step = None
 
     def on_save(self, args, state, control, **kwargs):
-        trained, tokens = sum_over_processes(self.counter.trained, self.counter.tokens)  # every process calls this
+        trained, tokens = self.totals(state.global_step)  # every process calls this: it sums over them
         if not is_main():
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
             write_json(folder / TOTALS, {
-                "trained": int(trained) + self.before.trained, "tokens": int(tokens) + self.before.tokens,
+                "trained": trained, "tokens": tokens,
                 "seconds": round(self.clock() + self.before.seconds, 3),
                 "learning_rate": self.recipe.train.learning_rate, "epochs": self.recipe.train.epochs,
                 "max_steps": self.recipe.train.max_steps})

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from trainer import resume
 from trainer.config import Recipe
 from trainer.data import Prepared
-from trainer.distributed import is_main, launched, sum_over_processes, wait_for_everyone, world_size
+from trainer.distributed import is_main, launched, wait_for_everyone, world_size
 from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.model import Loaded, trainable_summary
@@ -42,8 +42,11 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
     trainer.add_callback(guard)
     before = resume.read_totals(resume_from)
     started = time.perf_counter()
-    trainer.add_callback(resume.Continuity(trainer, recipe, counter, before,
-                                           lambda: time.perf_counter() - started, on_first_step))
+    ledger = resume.BatchLedger(counter, recipe.train.gradient_accumulation)
+    resume.count_training_batches_only(trainer, ledger)
+    continuity = resume.Continuity(trainer, recipe, ledger, before, lambda: time.perf_counter() - started,
+                                   on_first_step)
+    trainer.add_callback(continuity)
     if not hardware.cuda and launched():
         resume.cpu_checkpoint_loading(trainer)
     try:
@@ -58,10 +61,9 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
         raise
     guard.raise_if_tripped(run_dir)
     elapsed = time.perf_counter() - started + before.seconds
-    trained, tokens = sum_over_processes(counter.trained, counter.tokens)  # before the eval batches add to them
+    counts = continuity.totals(trainer.state.global_step)
     final_eval = final_evaluation(trainer) if prepared.eval else {}
     save_weights(trainer, loaded, run_dir)
-    counts = (int(trained) + before.trained, int(tokens) + before.tokens)
     metrics = summarize(trainer.state, final_eval, counts, elapsed, loaded, hardware)
     metrics["engine"] = engine_of(trainer)
     if is_main():
