@@ -12,6 +12,15 @@ ARGS ?=
 QUANT ?=
 GPUS ?=
 N ?=
+RESUME ?=
+
+# The variables above reach the commands as data, never as shell text: each is taken as written ($(value): make
+# expands nothing in it), exported, and read by trainer/makeargs.py, which builds the argument list (ARGS split
+# into words like a shell would, without running anything). A target's recipe line is `$(STAGE) <target>`.
+USER_VARS := RECIPE GPU RUN ARGS QUANT GPUS N RESUME
+$(foreach v,$(USER_VARS),$(eval override $(v) := $$(value $(v))))
+export $(USER_VARS)
+STAGE = $(PY) -m trainer.makeargs
 
 # On a CPU every step allocates and frees logits 151,936 tokens wide; by default glibc hands those blocks back to
 # the kernel and faults them in again each time (40% of the time in system calls). Keeping them in the heap makes
@@ -39,28 +48,28 @@ $(VENV)/.export: $(VENV)/.core
 	touch $@
 
 train: setup
-	$(PY) -m trainer train $(RECIPE) profile=$(GPU) $(if $(RESUME),--resume) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
+	$(STAGE) train
 
 preview: setup
-	$(PY) -m trainer preview $(RECIPE) profile=$(GPU) $(ARGS)
+	$(STAGE) preview
 
 eval: setup
-	$(PY) -m trainer eval $(RUN) $(if $(N),--samples $(N)) $(ARGS)
+	$(STAGE) eval
 
 chat: setup
-	$(PY) -m trainer chat $(RUN) $(ARGS)
+	$(STAGE) chat
 
 gguf: setup-export
-	$(PY) -m export gguf $(RUN) $(if $(QUANT),--quant $(QUANT)) $(ARGS)
+	$(STAGE) gguf
 
 chat-gguf: setup-export
-	$(PY) -m export chat $(RUN) $(ARGS)
+	$(STAGE) chat-gguf
 
 test: setup setup-export
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) -m bench $(ARGS)
+	$(STAGE) bench
 
 clean:
 	rm -rf runs .pytest_cache

@@ -23,13 +23,21 @@ def gguf_command(args) -> int:
 
     run_dir = require_complete(resolve_run(args.run))
     recipe = load_resolved(run_dir)
-    quants = args.quant.split(",") if args.quant else list(recipe.export.quantizations)
+    if args.quant:
+        from export.gguf import check_quant_type
+
+        quants = [check_quant_type(q, where=f"QUANT={args.quant} (overrides export.quantizations)")
+                  for q in args.quant.split(",")]
+    else:
+        quants = list(recipe.export.quantizations)
     result = export_run(run_dir, recipe, quants, verify=not args.no_verify,
                         say=lambda text: print(text, file=sys.stderr, flush=True))
     for check in result.checks:
         print(f"  {check_mark(check)} {check.name}: {check.summary}")
     main_file = result.steps[-1].path
-    write_modelfile(main_file.parent, main_file.name)
+    others = sorted(p.name for p in main_file.parent.glob("*.gguf") if p != main_file)
+    # the same system prompt as `make chat` (the recipe's data.system), so both talk to the model alike
+    write_modelfile(main_file.parent, main_file.name, system=recipe.data.system, others=others)
     commands = run_commands(main_file, recipe.name, llama_cli=tools().cli)
     print(f"\nwrote {', '.join(s.path.name for s in result.steps)} and Modelfile in {main_file.parent}"
           f" ({result.seconds:.0f} s; peak host RAM {result.peak_rss_gib:.2f} GiB merging, "

@@ -5,7 +5,6 @@ never leaves a final-named file behind, and a rerun skips the steps whose files 
 """
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.config import GGUF_TYPES, gguf_type_name, gguf_type_problem
 from trainer.errors import UserError
 
 QUANT_TYPES: dict[str, str] = {
@@ -30,10 +30,13 @@ QUANT_TYPES: dict[str, str] = {
     "q6_k": "Q6_K",
 }
 """Supported GGUF types: our lower-case name -> llama-quantize's name."""
+assert tuple(QUANT_TYPES) == GGUF_TYPES, "trainer.config.GGUF_TYPES and QUANT_TYPES must list the same types"
 
 CONVERT_TYPES = ("f16", "bf16")
 """Types written by the converter itself; the others are quantized from the f16 file."""
 
+STAGE_PREFIX = "r1tune-stage-"
+"""Temporary folders of links for the converter: `<tmp>/r1tune-stage-<pid>-<random>`."""
 _TAIL_LINES = 8
 _PROGRESS_BAR = re.compile(r"\d+%\||[\d.]+\s*\w*(?:it|byte|B)/s\]")
 
@@ -47,15 +50,14 @@ class Step:
     skipped: bool = False
 
 
-def check_quant_type(qtype: str) -> str:
-    """Return the normalised quant type name, or raise UserError listing the valid ones."""
-    name = qtype.strip().lower().replace("-", "_")
-    if name in QUANT_TYPES:
-        return name
-    close = difflib.get_close_matches(name, QUANT_TYPES, n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
-    raise UserError(f"unknown GGUF quantization type {qtype!r}", where="export.quantization",
-                    fix=f"{hint}valid types: {', '.join(QUANT_TYPES)}")
+def check_quant_type(qtype: str, where: str = "export.quantizations") -> str:
+    """Return the normalised quant type name, or raise UserError listing the valid ones.
+
+    `where` names the setting the type came from: the recipe's export.quantizations, or QUANT= (--quant)."""
+    problem = gguf_type_problem(qtype)
+    if problem:
+        raise UserError(problem, where=where)
+    return gguf_type_name(qtype)
 
 
 def convert(hf_dir: Path, out_path: Path, outtype: str = "f16", *, chat_template: str | None = None) -> Step:
@@ -138,7 +140,7 @@ def _staged_model(hf_dir: Path, chat_template: str | None) -> Iterator[Path]:
     if chat_template is None:
         yield hf_dir
         return
-    with tempfile.TemporaryDirectory(prefix="r1tune-stage-") as stage:
+    with tempfile.TemporaryDirectory(prefix=f"{STAGE_PREFIX}{os.getpid()}-") as stage:
         staged = Path(stage)
         for item in hf_dir.iterdir():
             if item.name not in ("tokenizer_config.json", "chat_template.jinja", "chat_template.json"):
@@ -153,10 +155,63 @@ def _staged_model(hf_dir: Path, chat_template: str | None) -> Iterator[Path]:
 
 def _run(cmd: list[str], env: dict[str, str], *, what: str) -> None:
     """Run a tool quietly; on failure raise UserError with the end of its output (the useful part)."""
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace",
+                            preexec_fn=_die_with_parent)
     if result.returncode != 0:
         lines = (result.stdout + "\n" + result.stderr).splitlines()
         useful = [line for line in lines if line.strip() and not _PROGRESS_BAR.search(line)]
         tail = "\n  ".join(useful[-_TAIL_LINES:]) or "no output"
         raise UserError(f"{what} failed (exit code {result.returncode}):\n  {tail}",
                         fix="check that the folder holds a complete model; the lines above come from llama.cpp")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to kill it when this process dies, even by SIGKILL, so an
+    interrupted export leaves no converter running on its own (elsewhere the child runs as usual)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def clean_stale(run_dir: Path, out_dir: Path) -> list[Path]:
+    """Remove what killed exports left: `.merged.<pid>-*` folders, `*.part` files and the converter's staging
+    folders in the temp folder, each only when the process that made it is gone. Returns what was removed."""
+    import shutil
+
+    candidates = [*Path(run_dir).glob(".merged.*"), *Path(out_dir).glob(".*.part"),
+                  *Path(tempfile.gettempdir()).glob(f"{STAGE_PREFIX}*")]
+    removed = []
+    for path in candidates:
+        if _owner_alive(path.name) or (not re.search(r"\d+-", path.name) and _younger_than(path, 3600)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the pid written in a temporary name (`...<pid>-<random>...`) is a running process."""
+    match = re.search(r"[.-](\d+)-[0-9a-z_]+(?:\.part)?$", name)
+    if not match:  # no pid in the name: left by an older version; give one that may still run an hour
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _younger_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.lstat().st_mtime < seconds
+    except OSError:
+        return False

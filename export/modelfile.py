@@ -72,15 +72,19 @@ class RunCommands:
 
 
 def render_modelfile(gguf_name: str, *, system: str | None = None,
-                     parameters: dict[str, float | int] | None = None) -> str:
-    """Return the text of a Modelfile for `gguf_name`, a GGUF file in the same folder as the Modelfile."""
-    if "/" in gguf_name or "\\" in gguf_name or not gguf_name.endswith(".gguf"):
-        raise UserError(f"expected a .gguf file name without folders, got {gguf_name!r}")
-    lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{TEMPLATE}"""', ""]
+                     parameters: dict[str, float | int] | None = None, others: list[str] = ()) -> str:
+    """Return the text of a Modelfile for `gguf_name`, a GGUF file in the same folder as the Modelfile.
+
+    `others` names the run's other GGUF files, listed in a comment so that a later export does not hide them."""
+    for name in [gguf_name, *others]:
+        if "/" in name or "\\" in name or not name.endswith(".gguf") or "\n" in name:
+            raise UserError(f"expected a .gguf file name without folders, got {name!r}")
+    lines = [f"# Also in this folder: {', '.join(others)} (change FROM to use one)", ""] if others else []
+    lines += [f"FROM ./{gguf_name}", "", f'TEMPLATE """{TEMPLATE}"""', ""]
     if system:
         if '"""' in system:
             raise UserError('the system prompt may not contain """ (it ends a Modelfile string)',
-                            where="export.system_prompt")
+                            where="data.system")
         lines += [f'SYSTEM """{system}"""', ""]
     lines += [f'PARAMETER stop "{token}"' for token in STOP_TOKENS]
     for key, value in {**DEFAULT_PARAMETERS, **(parameters or {})}.items():
@@ -89,7 +93,7 @@ def render_modelfile(gguf_name: str, *, system: str | None = None,
 
 
 def write_modelfile(out_dir: Path, gguf_name: str, *, system: str | None = None,
-                    parameters: dict[str, float | int] | None = None) -> Path:
+                    parameters: dict[str, float | int] | None = None, others: list[str] = ()) -> Path:
     """Write `<out_dir>/Modelfile` pointing at `./<gguf_name>` and return its path.
 
     `system` sets a default system prompt (DeepSeek advises none for R1: put instructions in the user turn);
@@ -97,7 +101,7 @@ def write_modelfile(out_dir: Path, gguf_name: str, *, system: str | None = None,
     """
     path = Path(out_dir) / "Modelfile"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, render_modelfile(gguf_name, system=system, parameters=parameters))  # atomic: never half a file
+    write_text(path, render_modelfile(gguf_name, system=system, parameters=parameters, others=others))  # atomic: never half a file
     return path
 
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from export.gguf import CONVERT_TYPES, Step, check_quant_type, convert, quantize
+from export.gguf import CONVERT_TYPES, Step, check_quant_type, clean_stale, convert, quantize
 from export.merge import Merged, merge_run
 from export.verify import CheckResult, check_chat_template, check_greedy, check_tokenization, check_top1_agreement
 from trainer.config import Recipe
@@ -40,6 +40,8 @@ def export_run(run_dir: Path, recipe: Recipe, quants: list[str], verify: bool = 
     started = time.perf_counter()
     quants = [check_quant_type(q) for q in quants]
     stem = run_dir.name
+    for path in clean_stale(run_dir, run_dir / GGUF_DIR):
+        say(f"removed {path}, left by an interrupted export")
     say("merging the adapter into the 16-bit base...")
     merged = merge_run(run_dir, recipe)
     out = run_dir / GGUF_DIR  # made only once the merge worked, so a refused export leaves nothing behind
@@ -58,7 +60,7 @@ def export_run(run_dir: Path, recipe: Recipe, quants: list[str], verify: bool = 
         result.checks = merge_check + verification(merged.path, f16.path, [s.path for s in steps[1:]])
     result.seconds = time.perf_counter() - started
     result.peak_rss_gib, result.tools_peak_rss_gib = peak_rss_gib()
-    write_json(out / "export.json", summary(result))
+    write_json(out / "export.json", with_earlier(summary(result), out / "export.json"))
     return result
 
 
@@ -110,6 +112,26 @@ def summary(result: ExportResult) -> dict:
             "checks": [asdict(c) for c in result.checks], "passed": result.passed,
             "seconds": round(result.seconds, 2), "peak_rss_gib": round(result.peak_rss_gib, 3),
             "tools_peak_rss_gib": round(result.tools_peak_rss_gib, 3)}
+
+
+def with_earlier(new: dict, path: Path) -> dict:
+    """`new` plus the files (and their top-1 checks) an earlier export of this run wrote, that this one did not
+    redo and that are still on disk: `make gguf QUANT=q8_0` then `QUANT=q4_k_m` lists both files."""
+    import json
+
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return new
+    done = {f["path"] for f in new["files"]}
+    kept = [f for f in old.get("files", []) if isinstance(f, dict) and f.get("path") not in done
+            and Path(str(f.get("path"))).is_file()]
+    names = {Path(f["path"]).name for f in kept}
+    checks = [c for c in old.get("checks", []) if isinstance(c, dict) and c.get("name") == "top1_agreement"
+              and c.get("numbers", {}).get("file") in names]
+    merged = {**new, "files": new["files"] + kept, "checks": new["checks"] + checks}
+    merged["passed"] = new["passed"] and all(c.get("passed") for c in checks if is_required(CheckResult(c.get("name", ""), False, "", c.get("numbers", {}))))
+    return merged
 
 
 def peak_rss_gib() -> tuple[float, float]:

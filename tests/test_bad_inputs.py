@@ -34,6 +34,20 @@ RECIPES = {  # file -> what the one line must say (besides the file name)
     "invalid_yaml.yaml": [":4:", "invalid YAML"],
     "not_a_mapping.yaml": ["must be a mapping"],
     "latin1.yaml": [":3", "not UTF-8"],
+    "duplicate_key.yaml": [":6:", "duplicate key train.learning_rate (first on line 5)"],
+}
+
+GOOD = CASES / "good.yaml"
+OVERRIDES = {  # overrides on good.yaml -> what the one line must say; each is blamed on the command line
+    "lr_huge": (["train.learning_rate=1e38"], ["command line (train.learning_rate=1e38)", "must be at most 1"]),
+    "lr_inf": (["train.learning_rate=inf"], ["train.learning_rate: expected a finite number"]),
+    "lr_nan": (["train.learning_rate=.nan"], ["train.learning_rate: expected a finite number"]),
+    "epochs_inf": (["train.epochs=inf", "train.max_steps=null"], ["train.epochs: expected a finite number"]),
+    "quant_typo": (["export.quantizations=[q4_km, banana]"],
+                   ["recipe has 2 problems", "did you mean q4_k_m?", "export.quantizations.1: unknown GGUF type "
+                    "'banana'"]),
+    "profile_typo": (["profile=4070"], ["command line (profile=4070", "GPU=4070", "unknown profile '4070'"]),
+    "data_folder": ([f"data.path={CASES / 'data'}"], ["command line (data.path=", "is a folder, not a data file"]),
 }
 
 DATA = {  # file, extra overrides -> what the one line must say
@@ -82,11 +96,61 @@ def test_bad_data_file(name, tmp_path, capsys):
     expect_one_line(capsys, code, [name, *expected], tmp_path)
 
 
-def expect_one_line(capsys, code: int, expected: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", sorted(OVERRIDES))
+def test_bad_override(name, tmp_path, capsys):
+    overrides, expected = OVERRIDES[name]
+    code = main(["train", str(GOOD), *overrides, f"train.output_dir={tmp_path / 'runs'}"])
+    expect_one_line(capsys, code, expected, tmp_path, lines=3 if name == "quant_typo" else 1)
+
+
+def test_8bit_optimizer_needs_cuda(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, where adamw_8bit is allowed")
+    code = main(["train", str(GOOD), "train.optimizer=adamw_8bit", f"train.output_dir={tmp_path / 'runs'}"])
+    expect_one_line(capsys, code, ["train.optimizer: adamw_8bit needs a CUDA GPU"], tmp_path)
+
+
+def test_recipe_folder_is_not_file_not_found(tmp_path, capsys):
+    code = main(["train", str(CASES / "recipes") + "/", f"train.output_dir={tmp_path / 'runs'}"])
+    expect_one_line(capsys, code, ["is a folder, not a recipe file"], tmp_path)
+
+
+def test_output_folder_that_cannot_be_written(tmp_path, capsys):
+    """A file where a folder should be stands in for a read-only file system (root may write anywhere else)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    code = main(["train", str(GOOD), f"train.output_dir={blocker / 'runs'}"])
+    expect_one_line(capsys, code, ["train.output_dir=", "cannot write run folders here"], tmp_path)
+
+
+def test_too_little_free_disk(tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
+    code = main(["train", str(GOOD), f"train.output_dir={tmp_path / 'runs'}"])
+    expect_one_line(capsys, code, ["only 0.00 GiB free"], tmp_path)
+    assert not any((tmp_path / "runs").glob("good-*"))
+
+
+def test_sequence_longer_than_the_model_positions(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"max_position_embeddings": 128}')
+    code = main(["train", str(GOOD), f"model.base={model}", "model.max_seq_length=4096",
+                 f"train.output_dir={tmp_path / 'runs'}"])
+    expect_one_line(capsys, code, ["model.max_seq_length: 4096 tokens", "only 128 positions"], tmp_path)
+
+
+def expect_one_line(capsys, code: int, expected: list[str], tmp_path: Path, lines: int = 1) -> None:
+    """`lines`: 1, or a heading and one line per problem when a recipe has several."""
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == lines, err
     for part in expected:
         assert part in err, f"{part!r} not in {err!r}"
     assert not (tmp_path / "runs").exists()

@@ -28,7 +28,8 @@ def building(target: Path) -> Iterator[Path]:
     trusting half-written files.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # The pid in the name lets a later run tell a folder left by a killed process from one still being built.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         if target.exists():  # another process finished first; keep theirs

@@ -15,17 +15,38 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(_parser().parse_args(argv))
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # `train medical --resume train.max_steps=40`: overrides after a flag are overrides too
+    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return run_command(args)
 
 
 def train_command(args) -> int:
-    from trainer.hardware import detect
-    from trainer.model import start_engine
+    from trainer.preflight import check_before_training
 
-    hardware = detect()
-    recipe = _recipe(args, hardware)
+    recipe, hardware = _recipe_and_hardware(args)
     if args.gpus is not None and not launched():
         return launch_training(args, recipe, hardware)
+    if not launched():  # a launched process's parent checked already
+        check_before_training(recipe)
+    resume_dir, checkpoint, notes = resumable(recipe) if args.resume else (None, None, [])
+    fresh = resume_dir is None and not args.run_dir
+    try:
+        _, metrics = _train(args, recipe, hardware, resume_dir, checkpoint, notes)
+    except BaseException:
+        if fresh and is_main():
+            _remove_unstarted()
+        raise
+    return 0 if metrics else 1
+
+
+def _train(args, recipe, hardware, resume_dir, checkpoint, notes):
+    from trainer.model import start_engine
+
     start_engine(recipe, hardware)
     # Only now: trainer.train imports transformers, TRL and PEFT, which Unsloth (imported by start_engine) must
     # patch first (tests/test_cli.py checks that none of them is loaded before start_engine).
@@ -35,25 +56,40 @@ def train_command(args) -> int:
     from trainer.runs import RunLog, mark_complete
     from trainer.train import train
 
-    resume_dir, checkpoint = resumable(recipe) if args.resume else (None, None)
     log = RunLog(quiet=not is_main())
     log.say(banner(recipe, hardware))
+    for note in notes:
+        log.say(note)
     conversations = load_conversations(recipe)
     tokenizer = load_tokenizer(recipe.model)
     prepared = encode(conversations, tokenizer, recipe)
     log.say("\n".join(prepared.report.summary()))
     loaded = load_for_training(recipe, hardware, tokenizer)
     run_dir = run_folder(args, recipe, resume_dir)
+    _STARTED[run_dir] = False
     log.attach(run_dir / "train.log")
     if is_main():
         save_resolved(recipe, run_dir / "config.yaml")
         save_conversations(prepared.eval_conversations, run_dir / "eval_data.jsonl")
     log.say(f"resuming {run_dir} from {checkpoint}" if checkpoint else f"run folder: {run_dir}")
-    metrics = train(recipe, loaded, prepared, hardware, run_dir, log, resume_from=checkpoint)
+    metrics = train(recipe, loaded, prepared, hardware, run_dir, log, resume_from=checkpoint,
+                    on_first_step=lambda: _STARTED.__setitem__(run_dir, True))
     if is_main():
         mark_complete(run_dir)
     log.say(finished(run_dir, metrics))
-    return 0
+    return run_dir, metrics
+
+
+_STARTED: dict = {}
+"""Run folder -> whether a training step ran: a folder whose run failed before its first step is removed."""
+
+
+def _remove_unstarted() -> None:
+    import shutil
+
+    for run_dir, started in _STARTED.items():
+        if not started:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def launch_training(args, recipe, hardware) -> int:
@@ -69,9 +105,15 @@ def launch_training(args, recipe, hardware) -> int:
     if args.gpus < 1:
         raise UserError(f"GPUS={args.gpus}: the number of processes must be at least 1", where="GPUS",
                         fix="use GPUS=1 or more, or leave GPUS out for a plain single-process run")
+    from trainer.preflight import check_before_training
+
     strategy = check_launch(recipe, args.gpus, hardware, torch.cuda.device_count())
+    check_before_training(recipe)
     load_conversations(recipe)  # bad data is reported here, once, rather than by every process
-    run_dir = resumable(recipe)[0] if args.resume else new_run_dir(recipe.train.output_dir, recipe.name)
+    resumed = resumable(recipe) if args.resume else None
+    for note in resumed[2] if resumed else []:
+        print(note, flush=True)
+    run_dir = resumed[0] if resumed else new_run_dir(recipe.train.output_dir, recipe.name)
     many = args.gpus > 1
     where = f"{args.gpus} GPU{'s' * many}" if hardware.cuda else \
         f"{args.gpus} CPU process{'es' * many} over gloo (no CUDA: a check of the path, not faster)"
@@ -92,8 +134,13 @@ def run_folder(args, recipe, resume_dir: Path | None) -> Path:
     return resume_dir or new_run_dir(recipe.train.output_dir, recipe.name)
 
 
-def resumable(recipe) -> tuple[Path, str]:
-    """The newest unfinished run of this recipe that has a checkpoint, and that checkpoint."""
+RESUME_MAY_CHANGE = ("train.learning_rate", "train.max_steps", "train.epochs")
+"""Settings a resumed run may change (lower the learning rate after a NaN, train longer); anything else would
+make the checkpoint's optimizer state or data order mean something else."""
+
+
+def resumable(recipe) -> tuple[Path, str, list[str]]:
+    """The newest unfinished run of this recipe that has a checkpoint, that checkpoint, and warnings to show."""
     from trainer.recipe import load_resolved
     from trainer.runs import latest_checkpoint, latest_run
 
@@ -104,10 +151,17 @@ def resumable(recipe) -> tuple[Path, str]:
                         fix="checkpoints are written every train.checkpoint_steps; train without RESUME=1")
     saved = load_resolved(run_dir)
     changed = _differences(saved, recipe)
-    if changed:
-        raise UserError(f"the recipe differs from the one {run_dir} was started with: {', '.join(changed)}",
-                        where="RESUME=1", fix="resume with the same recipe and overrides, or start a new run")
-    return run_dir, str(latest_checkpoint(run_dir))
+    refused = [c for c in changed if c.split(" ")[0] not in RESUME_MAY_CHANGE]
+    if refused:
+        raise UserError(f"the recipe differs from the one {run_dir} was started with: {', '.join(refused)}",
+                        where="RESUME=1", fix=f"resume with the same recipe and overrides (only "
+                                              f"{', '.join(RESUME_MAY_CHANGE)} may change), or start a new run")
+    checkpoint = latest_checkpoint(run_dir)
+    notes = [f"warning: resuming with {c}" for c in changed]
+    newest = latest_checkpoint(run_dir, readable=False)
+    if newest != checkpoint:
+        notes.append(f"warning: {newest} is damaged (its trainer_state.json cannot be read); using {checkpoint}")
+    return run_dir, str(checkpoint), notes
 
 
 def _differences(saved, current) -> list[str]:
@@ -125,11 +179,10 @@ def _differences(saved, current) -> list[str]:
 
 def preview_command(args) -> int:
     from trainer.data import encode, load_conversations
-    from trainer.hardware import detect
     from trainer.model import load_tokenizer
     from trainer.preview import print_examples
 
-    recipe = _recipe(args, detect())
+    recipe, _ = _recipe_and_hardware(args)
     conversations = load_conversations(recipe)
     tokenizer = load_tokenizer(recipe.model)
     prepared = encode(conversations, tokenizer, recipe)
@@ -176,10 +229,14 @@ def finished(run_dir: Path, metrics: dict) -> str:
             f"make gguf RUN={run_dir}")
 
 
-def _recipe(args, hardware):
+def _recipe_and_hardware(args):
+    """Find the recipe file first (a typo is reported before torch loads), then detect the machine."""
+    from trainer.hardware import detect
     from trainer.recipe import find_recipe, load_recipe
 
-    return load_recipe(find_recipe(args.recipe, RECIPES_DIR), args.overrides, hardware)
+    path = find_recipe(args.recipe, RECIPES_DIR)
+    hardware = detect()
+    return load_recipe(path, args.overrides, hardware), hardware
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -209,6 +209,10 @@ class EvalConfig:
     """Prompts generated at once."""
 
 
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k")
+"""GGUF types `make gguf` can write (export.gguf maps them to llama-quantize's names)."""
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     quantizations: list[str] = field(default_factory=lambda: ["q4_k_m"])
@@ -286,6 +290,14 @@ def check(recipe: Recipe) -> list[tuple[str, str]]:
     need(t.strategy not in ("fsdp", "zero3") or m.quantization == "none", "train.strategy",
          f"{t.strategy} shards the weights across GPUs, which cannot be 4- or 8-bit: set model.quantization=none "
          "or train.strategy=ddp")
+    need(t.learning_rate <= 1, "train.learning_rate",
+         f"must be at most 1, got {t.learning_rate} (typical: 1e-5 to 1e-3; 2e-4 for LoRA)")
+    need(d.system is None or '"""' not in d.system, "data.system",
+         'may not contain """ (it would end the system prompt in the exported Modelfile)')
+    need(bool(recipe.export.quantizations), "export.quantizations", "must name at least one GGUF type")
+    for i, qtype in enumerate(recipe.export.quantizations):
+        problem = gguf_type_problem(qtype)
+        need(problem is None, f"export.quantizations.{i}", problem or "")
     need(recipe.eval.samples >= 1, "eval.samples", f"must be at least 1, got {recipe.eval.samples}")
     need(recipe.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be at least 1")
     need(recipe.eval.batch_size >= 1, "eval.batch_size", "must be at least 1")
@@ -303,3 +315,28 @@ def _check_source(source: Source, prefix: str, need) -> None:
          f"must be at least 1, got {source.max_samples}")
     need(all(isinstance(k, str) and k and isinstance(v, str) for k, v in source.replace.items()),
          f"{prefix}.replace", 'must map non-empty text to text, e.g. {"{{name}}": "MedBot"}')
+
+
+def gguf_type_name(qtype: str) -> str:
+    """`Q4_K_M` or `q4-k-m` -> `q4_k_m` (valid or not)."""
+    return qtype.strip().lower().replace("-", "_")
+
+
+def gguf_type_problem(qtype: str) -> str | None:
+    """None for a GGUF type `make gguf` can write, else what is wrong with a did-you-mean."""
+    import difflib
+
+    if gguf_type_name(qtype) in GGUF_TYPES:
+        return None
+    close = difflib.get_close_matches(gguf_type_name(qtype), GGUF_TYPES, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"unknown GGUF type {qtype!r} ({hint}valid types: {', '.join(GGUF_TYPES)})"
+
+
+def hardware_problems(recipe: Recipe, cuda: bool) -> list[tuple[str, str]]:
+    """(dotted key, problem) for settings this machine cannot run."""
+    optimizer = recipe.train.optimizer
+    if not cuda and optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        return [("train.optimizer", f"{optimizer} needs a CUDA GPU (bitsandbytes); on this machine use "
+                                    "train.optimizer=auto or adamw_torch")]
+    return []

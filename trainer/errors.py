@@ -4,6 +4,7 @@ Entry points catch it, print one message and exit with code 2; nothing else shou
 """
 from __future__ import annotations
 
+import errno
 import sys
 
 
@@ -56,3 +57,34 @@ def run_command(args, interrupted: str = "interrupted") -> int:
     except KeyboardInterrupt:
         print(f"\n{interrupted}", file=sys.stderr)
         return 130
+    except Exception as exc:  # a machine fault (full disk, read-only folder) is one line too; a bug is not
+        fault = machine_fault(exc)
+        if fault is None:
+            raise
+        print(f"error: {fault.render()}", file=sys.stderr)
+        return 2
+
+
+MACHINE_FAULTS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                  errno.EPERM: "permission denied", errno.EIO: "the disk reported an input/output error"}
+_FAULT_TEXT = {"No space left on device": errno.ENOSPC, "StorageFull": errno.ENOSPC,
+               "file write failed": errno.ENOSPC, "Read-only file system": errno.EROFS,
+               "ReadOnlyFilesystem": errno.EROFS}
+"""How the libraries that write weights (torch.save, safetensors) word an OSError they wrap in their own type."""
+
+
+def machine_fault(exc: BaseException) -> UserError | None:
+    """A full disk or a read-only folder, however deep it was raised, as one UserError; None for anything else."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = exc.errno if isinstance(exc, OSError) else \
+            next((c for text, c in _FAULT_TEXT.items() if text in str(exc)), None)
+        if code in MACHINE_FAULTS:
+            where = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+            return UserError(f"cannot write: {MACHINE_FAULTS[code]}", where=str(where) if where else None,
+                             fix="free some space or choose another folder (train.output_dir), then run again; "
+                                 "a training run can continue with RESUME=1 from its last checkpoint")
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -43,6 +44,9 @@ def find_recipe(name_or_path: str, recipes_dir: Path) -> Path:
     """A recipe name (`medical`) or a path to a YAML file; an unknown name suggests the closest ones."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+        if path.is_dir():
+            raise UserError("this is a folder, not a recipe file", where=str(path),
+                            fix="name a .yaml file, e.g. recipes/medical.yaml, or a recipe name")
         if not path.is_file():
             raise UserError("recipe file not found", where=str(path), fix="check the path")
         return path
@@ -66,8 +70,10 @@ def load_recipe(path: Path, overrides: Sequence[str] = (), hardware: Hardware | 
     problems: list[str] = []
     try:
         chosen = pick_profile(str(requested), list(profiles) if isinstance(profiles, dict) else [], hardware)
-    except UserError as error:
-        problems.append(f"{origin.where(('profile',))}: profile: {error.message} ({error.fix})")
+    except UserError as error:  # a profile from the command line (make's GPU=) is blamed there, not on the file
+        where = f"command line (profile={requested}, or GPU={requested} with make)" if \
+            any(k == "profile" for k, _ in pairs) else origin.where(("profile",))
+        problems.append(f"{where}: profile: {error.message} ({error.fix})")
         chosen = ProfileChoice(None, "unknown")
     for name, body in profiles.items() if isinstance(profiles, dict) else []:
         if isinstance(body, dict) and name != chosen.name:  # typos in a profile not chosen are errors too
@@ -86,7 +92,10 @@ def load_recipe(path: Path, overrides: Sequence[str] = (), hardware: Hardware | 
     problems += _missing_files(merged, origin)
     recipe = _build(Recipe, merged, (), origin, problems)
     if recipe is not None:  # values that failed their type check were left at defaults: skip those keys
-        problems += [f"{origin.where(tuple(k.split('.')))}: {k}: {msg}" for k, msg in schema.check(recipe)
+        checks = schema.check(recipe)
+        if hardware is not None:
+            checks += schema.hardware_problems(recipe, hardware.cuda)
+        problems += [f"{origin.where(tuple(k.split('.')))}: {k}: {msg}" for k, msg in checks
                      if tuple(k.split(".")) not in origin.bad]
     if problems:
         raise ConfigError(problems)
@@ -130,7 +139,7 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     if not isinstance(node, yaml.MappingNode):
         raise UserError("a recipe must be a mapping of keys to values", where=str(path))
     lines: dict[tuple[str, ...], int] = {}
-    _record_lines(node, (), lines)
+    _record_lines(node, (), lines, path)
     return yaml.safe_load(text) or {}, lines
 
 
@@ -199,22 +208,29 @@ def _missing_files(tree: dict, origin: _Origins) -> list[str]:
     mix = data.get("mix") if isinstance(data.get("mix"), list) else []
     keyed = [(("data", "path"), data.get("path")), (("data", "eval_path"), data.get("eval_path"))]
     keyed += [(("data", "mix", str(i), "path"), m.get("path")) for i, m in enumerate(mix) if isinstance(m, dict)]
-    return [f"{origin.where(key)}: {'.'.join(key)}: file not found: {value} (relative paths are read from the "
-            f"recipe's folder, or from the working directory on the command line)"
-            for key, value in keyed
-            if isinstance(value, str) and value and looks_local(value) and not Path(value).expanduser().exists()]
+    problems = [f"{origin.where(key)}: {'.'.join(key)}: file not found: {value} (relative paths are read from "
+                f"the recipe's folder, or from the working directory on the command line)"
+                for key, value in keyed
+                if isinstance(value, str) and value and looks_local(value) and not Path(value).expanduser().exists()]
+    return problems + [f"{origin.where(key)}: {'.'.join(key)}: {value} is a folder, not a data file (name a "
+                       f".jsonl, .json, .csv or .parquet file in it)"
+                       for key, value in keyed if isinstance(value, str) and value and Path(value).expanduser().is_dir()]
 
 
-def _record_lines(node: yaml.Node, prefix: tuple[str, ...], lines: dict) -> None:
+def _record_lines(node: yaml.Node, prefix: tuple[str, ...], lines: dict, path: Path | None = None) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = prefix + (str(key_node.value),)
-            lines[key] = key_node.start_mark.line + 1
-            _record_lines(value_node, key, lines)
+            line = key_node.start_mark.line + 1
+            if key in lines:  # YAML would silently keep the last one
+                raise UserError(f"duplicate key {'.'.join(key)} (first on line {lines[key]})",
+                                where=f"{path}:{line}", fix="keep one of them")
+            lines[key] = line
+            _record_lines(value_node, key, lines, path)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[prefix + (str(i),)] = item.start_mark.line + 1
-            _record_lines(item, prefix + (str(i),), lines)
+            _record_lines(item, prefix + (str(i),), lines, path)
 
 
 def _flatten(mapping: dict, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
@@ -309,12 +325,13 @@ def _convert_scalar(hint, value, bad):
     if hint is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else bad("a whole number")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        try:  # YAML 1.1 reads `2e-4` as a string; accept what any person would call a number
-            return float(value) if isinstance(value, str) else bad("a number")
-        except ValueError:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             return bad("a number")
+        try:  # YAML 1.1 reads `2e-4` as a string; accept what any person would call a number
+            number = float(value)
+        except (ValueError, OverflowError):
+            return bad("a number")
+        return number if math.isfinite(number) else bad("a finite number")
     if hint is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)

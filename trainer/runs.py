@@ -89,11 +89,22 @@ def latest_run(output_dir: str | Path, recipe_name: str, complete: bool | None =
     return candidates[-1] if candidates else None
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The highest-step `checkpoints/checkpoint-N` that the trainer finished writing."""
+def latest_checkpoint(run_dir: Path, readable: bool = True) -> Path | None:
+    """The highest-step `checkpoints/checkpoint-N` that the trainer finished writing.
+
+    `readable`: skip checkpoints whose trainer_state.json does not parse (a crash or a full disk while it was
+    written), so a resume falls back to the one before."""
     found = [p for p in (Path(run_dir) / "checkpoints").glob("checkpoint-*")
-             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+             if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
+             and (not readable or _state_readable(p / "trainer_state.json"))]
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
+def _state_readable(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")).get("global_step"), int)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class RunLog:

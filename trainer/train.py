@@ -16,9 +16,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from trainer import resume
 from trainer.config import Recipe
 from trainer.data import Prepared
-from trainer.distributed import is_main, launched, sum_over_processes, wait_for_everyone, world_size
+from trainer.distributed import is_main, launched, wait_for_everyone, world_size
 from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.model import Loaded, lora_scale, trainable_summary
@@ -29,26 +30,39 @@ from trainer.template import Encoded
 
 
 def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware, run_dir: Path,
-          log: RunLog, resume_from: str | None = None) -> dict:
-    """Run the optimisation, evaluate, save weights, tokenizer, state, metrics and the loss curve."""
+          log: RunLog, resume_from: str | None = None, on_first_step=None) -> dict:
+    """Run the optimisation, evaluate, save weights, tokenizer, state, metrics and the loss curve.
+
+    A resumed run counts as one run: its metrics cover the steps, tokens and time before the interruption too."""
     log.say(f"{loaded.backend}: {trainable_summary(loaded.model)}")
     trainer, counter = build_trainer(recipe, loaded, prepared, hardware, run_dir, log)
     guard = NonFiniteGuard()
     trainer.add_callback(guard)
+    before = resume.read_totals(resume_from)
     started = time.perf_counter()
+    ledger = resume.BatchLedger(counter, recipe.train.gradient_accumulation)
+    resume.count_training_batches_only(trainer, ledger)
+    continuity = resume.Continuity(trainer, recipe, ledger, before, lambda: time.perf_counter() - started,
+                                   on_first_step)
+    trainer.add_callback(continuity)
+    if not hardware.cuda and launched():
+        resume.cpu_checkpoint_loading(trainer)
     try:
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        if resume_from and resume.already_finished(recipe, resume_from):
+            log.say(f"{resume_from} is the last step: finishing the run without training")
+            resume.finish_from_checkpoint(trainer, resume_from)
+        else:
+            trainer.train(resume_from_checkpoint=resume_from)
     except Exception as exc:
         if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
             raise out_of_memory(recipe) from None
         raise
     guard.raise_if_tripped(run_dir)
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - started + before.seconds
+    counts = continuity.totals(trainer.state.global_step)
     final_eval = final_evaluation(trainer) if prepared.eval else {}
     save_weights(trainer, loaded, run_dir)
-    trained, tokens = sum_over_processes(counter.trained, counter.tokens)
-    metrics = summarize(result, final_eval, trainer.state.log_history, (int(trained), int(tokens)), elapsed,
-                        loaded, hardware)
+    metrics = summarize(trainer.state, final_eval, counts, elapsed, loaded, hardware)
     metrics["engine"] = engine_of(trainer)
     if recipe.train.method == "lora":
         metrics["lora_scale"] = lora_scale(loaded.model)  # what the merge multiplies B @ A by
@@ -78,8 +92,13 @@ class NonFiniteGuard(TrainerCallback):
     def raise_if_tripped(self, run_dir: Path) -> None:
         if self.step is None:
             return
+        wait_for_everyone()
+        moved = resume.set_aside_bad(run_dir, self.step - 1) if is_main() else []
+        wait_for_everyone()
         checkpoint = latest_checkpoint(run_dir)
-        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
+        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no good checkpoint was saved"
+        if moved:
+            kept += f" ({', '.join(p.name for p in moved)} set aside: saved from the update that went wrong)"
         raise UserError(f"training stopped at step {self.step}: {self.what}; {kept}", where=str(run_dir),
                         fix="lower train.learning_rate or raise train.warmup_ratio, check the data, then train "
                             "again (RESUME=1 continues from the checkpoint)")
@@ -252,15 +271,18 @@ def engine_of(trainer) -> str:
     return "ddp" if world_size() > 1 else "single"
 
 
-def summarize(result, final_eval: dict, history: list[dict], counts: tuple[int, int], elapsed: float,
+def summarize(state, final_eval: dict, counts: tuple[int, int], elapsed: float,
               loaded: Loaded, hardware: Hardware) -> dict:
-    """`counts`: trained and input tokens, summed over all processes."""
+    """`state`: the Trainer's state (its log_history spans the resumed parts too); `counts`: trained and input
+    tokens of the whole run, summed over all processes; `elapsed`: seconds of training of the whole run."""
     trained, tokens = counts
+    history = state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
+    mean = resume.train_loss_mean(history)
     metrics = {
         "backend": loaded.backend, "device": hardware.name, "processes": world_size(),
-        "steps": result.global_step, "train_runtime_s": round(elapsed, 2),
-        "train_loss_mean": round(result.training_loss, 6),
+        "steps": state.global_step, "train_runtime_s": round(elapsed, 2),
+        "train_loss_mean": round(mean, 6) if mean is not None else None,
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "eval_loss": final_eval.get("eval_loss"),
         "eval_perplexity": _perplexity(final_eval.get("eval_loss")),

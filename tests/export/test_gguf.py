@@ -76,7 +76,7 @@ def test_unknown_quant_type_lists_valid_ones() -> None:
 
 
 def test_quantize_rejects_unknown_type_before_running(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="unknown GGUF quantization type"):
+    with pytest.raises(UserError, match="unknown GGUF type"):
         gguf.quantize(tmp_path / "in.gguf", tmp_path / "out.gguf", "q3")
     assert list(tmp_path.iterdir()) == []
 

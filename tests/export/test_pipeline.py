@@ -135,6 +135,21 @@ def test_refusals_exit_2_with_one_line(make_target, message, tmp_path, trained):
 def test_an_unknown_quant_type_exits_2(trained):
     done = run("-m", "export", "gguf", str(trained), "--quant", "q3_fancy", timeout=120)
     assert done.returncode == 2 and "q3_fancy" in done.stderr and "q4_k_m" in done.stderr
+    assert "QUANT=q3_fancy" in done.stderr and "export.quantization " not in done.stderr  # the key has an s
+
+
+def test_a_second_quant_type_keeps_the_first_in_export_json_and_the_modelfile(exported):
+    run_dir, first = exported
+    assert first.returncode == 0, first.stderr[-3000:]
+    done = run("-m", "export", "gguf", str(run_dir), "--quant", "q4_k_m")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run_dir / "gguf" / "export.json").read_text())
+    names = {Path(f["path"]).name for f in summary["files"]}
+    assert {f"{run_dir.name}-q8_0.gguf", f"{run_dir.name}-q4_k_m.gguf"} <= names
+    checked = {c["numbers"].get("file") for c in summary["checks"] if c["name"] == "top1_agreement"}
+    assert {f"{run_dir.name}-q8_0.gguf", f"{run_dir.name}-q4_k_m.gguf"} <= checked
+    modelfile = (run_dir / "gguf" / "Modelfile").read_text()
+    assert f"FROM ./{run_dir.name}-q4_k_m.gguf" in modelfile and f"{run_dir.name}-q8_0.gguf" in modelfile
 
 
 def copy_run(tmp: Path, trained: Path) -> Path:
