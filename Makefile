@@ -1,6 +1,7 @@
 # Fine-tune DeepSeek-R1-Distill on your data. Every target sets up .venv first when needed.
 #   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."] [RESUME=1] [GPUS=N]
 #   make preview RECIPE=news          make eval / chat / gguf [RUN=runs/<run>]          make test
+#   make webui [PORT=7860] [HOST=127.0.0.1 WEBUI_AUTH=user:password]
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,6 +13,8 @@ ARGS ?=
 QUANT ?=
 GPUS ?=
 N ?=
+PORT ?= 7860
+HOST ?= 127.0.0.1
 
 # On a CPU every step allocates and frees logits 151,936 tokens wide; by default glibc hands those blocks back to
 # the kernel and faults them in again each time (40% of the time in system calls). Keeping them in the heap makes
@@ -22,7 +25,7 @@ comma := ,
 CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := dev$(if $(CUDA),$(comma)gpu)
 
-.PHONY: setup setup-export train preview eval chat gguf chat-gguf test bench clean
+.PHONY: setup setup-export train preview eval chat gguf chat-gguf webui test bench clean
 
 setup: $(VENV)/.core
 setup-export: $(VENV)/.export
@@ -55,6 +58,10 @@ gguf: setup-export
 
 chat-gguf: setup-export
 	$(PY) -m export chat $(RUN) $(ARGS)
+
+# The web UI starts the same commands as the targets above; export and GGUF chat need setup-export.
+webui: setup-export
+	$(PY) -m trainer.webui --host $(HOST) --port $(PORT)
 
 test: setup setup-export
 	$(PY) -m pytest -q

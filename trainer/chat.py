@@ -157,7 +157,8 @@ class ChatSession:
 class Generation:
     """`model.generate` on a worker thread, its text streamed through transformers' TextIteratorStreamer."""
 
-    def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, temperature: float):
+    def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, temperature: float,
+                 top_p: float = TOP_P):
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -171,7 +172,7 @@ class Generation:
 
         self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         encoded = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": TOP_P} if temperature > 0 else \
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
             {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         kwargs = dict(**{k: v.to(model.device) for k, v in encoded.items()}, max_new_tokens=max_new_tokens,
                       streamer=self.streamer, pad_token_id=tokenizer.pad_token_id,
