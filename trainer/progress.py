@@ -56,16 +56,19 @@ class Progress:
         self.fields: dict = {}
         self.written = 0.0
 
-    def begin(self, state) -> None:
-        self.start, self.first_step = time.perf_counter(), state.global_step
-        self.update(state, state="training", force=True)
+    def begin(self, trainer_state) -> None:
+        self.start, self.first_step = time.perf_counter(), trainer_state.global_step
+        self.update(trainer_state, state="training", force=True)
 
-    def update(self, state, force: bool = False, **fields) -> dict:
+    def update(self, trainer_state, force: bool = False, **fields) -> dict:
+        """`fields` (loss, tokens/s, the `state` word, ...) are kept until replaced; step, total and times are
+        read from the trainer's state."""
+        step, total = trainer_state.global_step, trainer_state.max_steps
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        done = state.global_step - self.first_step
-        left = max(state.max_steps - state.global_step, 0)
+        done = step - self.first_step
+        left = max(total - step, 0)
         self.fields.update(fields)
-        self.fields.update(step=state.global_step, total=state.max_steps, epoch=state.epoch,
+        self.fields.update(step=step, total=total, epoch=trainer_state.epoch,
                            elapsed_s=round(elapsed, 1),
                            eta_s=round(elapsed / done * left, 1) if done else None)
         now = time.perf_counter()

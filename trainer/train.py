@@ -46,7 +46,7 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
             raise out_of_memory(recipe) from None
         raise
     guard.raise_if_tripped(run_dir)
-    stopper.raise_if_stopped(run_dir)
+    stopper.raise_if_stopped(run_dir, recipe.name)
     elapsed = time.perf_counter() - started
     final_eval = final_evaluation(trainer) if prepared.eval else {}
     save_weights(trainer, loaded, run_dir)
@@ -136,13 +136,13 @@ class StopOnSignal(TrainerCallback):
             signal.signal(getattr(signal, name), handler)
         self.previous.clear()
 
-    def raise_if_stopped(self, run_dir: Path) -> None:
+    def raise_if_stopped(self, run_dir: Path, recipe_name: str) -> None:
         if self.requested is None:
             return
         checkpoint = latest_checkpoint(run_dir)
         kept = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (stopped before the first step ended)"
         raise Stopped(f"training stopped by {self.requested} at step {self.step}; kept {kept}", where=str(run_dir),
-                      fix="continue it with `make train RECIPE=<recipe> RESUME=1` (same overrides) or the web "
+                      fix=f"continue it with `make train RECIPE={recipe_name} RESUME=1` (same overrides) or the web "
                           "UI's Resume")
 
 

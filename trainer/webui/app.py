@@ -34,7 +34,7 @@ def build():
                     "The same recipes and run folders as `make`; training runs on after you close this page.")
         with gr.Tabs():
             with gr.Tab("Train", id="train"):
-                recipe, filled, prefill = train_tab.build()
+                train_tab.build()
             with gr.Tab("Evaluate", id="evaluate") as evaluate:
                 eval_run = eval_tab.build()
             with gr.Tab("Chat", id="chat") as chat:
@@ -43,7 +43,6 @@ def build():
                 export_run = export_tab.build()
             with gr.Tab("Runs", id="runs") as runs:
                 runs_table = runs_tab.build()
-        page.load(prefill, recipe, filled)
         # Lists of runs are read again whenever their tab is opened: a run may have finished meanwhile.
         newest = lambda: views.finished_runs()[0] if views.finished_runs() else None  # noqa: E731
         evaluate.select(lambda: gr.Dropdown(choices=views.finished_runs(), value=newest()), None, eval_run)

@@ -14,5 +14,5 @@ def table() -> pd.DataFrame:
 def build():
     runs = gr.Dataframe(table(), headers=views.RUN_COLUMNS, interactive=False, elem_id="runs-table")
     gr.Button("Refresh").click(table, None, runs)
-    gr.Timer(5.0).tick(table, None, runs)
+    gr.Timer(5.0).tick(table, None, runs, show_progress="hidden")
     return runs

@@ -153,17 +153,20 @@ def follow():
     return views.progress_line(run), points, log
 
 
-def build() -> None:
+def build():
     names = recipe_names()
     first = "news" if "news" in names else names[0]
+    initial = dict(zip([*DATA_KEYS, *MAIN_KEYS], prefill(first), strict=True))
     with gr.Row():
         recipe = gr.Dropdown(names, value=first, label="recipe", info="recipes/<name>.yaml: the starting point",
                              elem_id="recipe")
-        data_path = gr.Textbox(label="data file", info=knob("data.path").doc, elem_id="data-path")
+        data_path = gr.Textbox(initial["data.path"], label="data file", info=knob("data.path").doc,
+                               elem_id="data-path")
         upload = gr.File(label="or upload a data file", type="filepath", file_types=[".jsonl", ".json", ".csv",
                                                                                     ".parquet"], height=90)
     with gr.Row():
-        data_format = gr.Dropdown(list(FORMATS), label="format", info=knob("data.format").doc, elem_id="data-format")
+        data_format = gr.Dropdown(list(FORMATS), value=initial["data.format"], label="format",
+                                  info=knob("data.format").doc, elem_id="data-format")
         columns = gr.Textbox(label="column mapping", info="name=column, e.g. question=Question, "
                              "reasoning=Complex_CoT, answer=Response (see data.columns)", elem_id="columns")
     fields = []
@@ -174,14 +177,15 @@ def build() -> None:
                     spec = knob(key)
                     label = "profile (card)" if key == "profile" else key
                     if spec.choices:
-                        fields.append(gr.Dropdown(list(spec.choices), label=label, info=spec.doc,
-                                                  elem_id=_elem(key)))
+                        fields.append(gr.Dropdown(list(spec.choices), value=initial[key], label=label,
+                                                  info=spec.doc, elem_id=_elem(key)))
                     else:
-                        fields.append(gr.Textbox(label=label, info=spec.doc, elem_id=_elem(key)))
+                        fields.append(gr.Textbox(initial[key], label=label, info=spec.doc, elem_id=_elem(key)))
         extra = gr.Textbox(label="other overrides", info="key=value ..., exactly as after `make train ARGS=`",
                            elem_id="extra")
-    message = gr.Markdown(elem_id="train-message")
-    command = gr.Code(label="the same from a terminal", language="shell", interactive=False, elem_id="command")
+    message = gr.Markdown("recipe ok", elem_id="train-message")
+    command = gr.Code(make_command(first, []), label="the same from a terminal", language="shell",
+                      interactive=False, lines=1, max_lines=3, elem_id="command")
     with gr.Row():
         preview_button = gr.Button("Preview data", elem_id="preview")
         start_button = gr.Button("Start", variant="primary", elem_id="start")
@@ -196,16 +200,17 @@ def build() -> None:
         log = gr.Textbox(label="log", lines=12, max_lines=12, autoscroll=True, elem_id="log")
 
     form = [data_path, upload, data_format, columns, extra, *fields]
-    recipe.change(prefill, recipe, [data_path, data_format, *fields]).then(check, [recipe, *form], [message, command])
+    quiet = {"show_progress": "hidden"}
+    recipe.change(prefill, recipe, [data_path, data_format, *fields], **quiet).then(
+        check, [recipe, *form], [message, command], **quiet)
     for component in form:
-        component.change(check, [recipe, *form], [message, command])
+        component.change(check, [recipe, *form], [message, command], **quiet)
     preview_button.click(lambda: gr.Accordion(open=True), None, preview_box).then(
         preview, [recipe, *form], [message, examples, summary])
     start_button.click(start, [recipe, *form], message)
     stop_button.click(stop, None, message)
     resume_button.click(resume, None, message)
-    gr.Timer(1.0).tick(follow, None, [progress, plot, log])
-    return recipe, [data_path, data_format, *fields], prefill
+    gr.Timer(1.0).tick(follow, None, [progress, plot, log], **quiet)
 
 
 def _elem(key: str) -> str:
