@@ -1,6 +1,7 @@
 # Fine-tune DeepSeek-R1-Distill on your data. Every target sets up .venv first when needed.
 #   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."] [RESUME=1] [GPUS=N]
 #   make preview RECIPE=news          make eval / chat / gguf [RUN=runs/<run>]          make test
+#   make webui [PORT=7860] [HOST=127.0.0.1 WEBUI_AUTH=user:password]
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,11 +14,13 @@ QUANT ?=
 GPUS ?=
 N ?=
 RESUME ?=
+PORT ?=
+HOST ?=
 
 # The variables above reach the commands as data, never as shell text: each is taken as written ($(value): make
 # expands nothing in it), exported, and read by trainer/makeargs.py, which builds the argument list (ARGS split
 # into words like a shell would, without running anything). A target's recipe line is `$(STAGE) <target>`.
-USER_VARS := RECIPE GPU RUN ARGS QUANT GPUS N RESUME
+USER_VARS := RECIPE GPU RUN ARGS QUANT GPUS N RESUME PORT HOST
 $(foreach v,$(USER_VARS),$(eval override $(v) := $$(value $(v))))
 export $(USER_VARS)
 STAGE = $(PY) -m trainer.makeargs
@@ -31,7 +34,7 @@ comma := ,
 CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := dev$(if $(CUDA),$(comma)gpu)
 
-.PHONY: setup setup-export train preview eval chat gguf chat-gguf test bench clean
+.PHONY: setup setup-export train preview eval chat gguf chat-gguf webui test bench clean
 
 setup: $(VENV)/.core
 setup-export: $(VENV)/.export
@@ -64,6 +67,10 @@ gguf: setup-export
 
 chat-gguf: setup-export
 	$(STAGE) chat-gguf
+
+# The web UI starts the same commands as the targets above; export and GGUF chat need setup-export.
+webui: setup-export
+	$(STAGE) webui
 
 test: setup setup-export
 	$(PY) -m pytest -q

@@ -17,11 +17,10 @@ def gguf_command(args) -> int:
     from export.llamacpp import tools
     from export.modelfile import run_commands, write_modelfile
     from export.pipeline import export_run
-    from trainer.evaluate import resolve_run
     from trainer.recipe import load_resolved
-    from trainer.runs import require_complete
+    from trainer.runs import resolve_run
 
-    run_dir = require_complete(resolve_run(args.run))
+    run_dir = resolve_run(args.run).require_finished().path
     recipe = load_resolved(run_dir)
     if args.quant:
         from export.gguf import check_quant_type
@@ -60,12 +59,11 @@ def check_mark(check) -> str:
 
 def chat_command(args) -> int:
     from export.chat import run_gguf_chat
-    from export.pipeline import GGUF_DIR
-    from trainer.evaluate import resolve_run
+    from trainer.runs import RunFolder, resolve_run
 
-    target = resolve_run(args.target) if args.target == "latest" else Path(args.target)
+    target = resolve_run(args.target).path
     if target.is_dir():  # a run folder: its f16 file is the one closest to the trained weights
-        found = sorted((target / GGUF_DIR).glob("*-f16.gguf"))
+        found = sorted(RunFolder(target).gguf.glob("*-f16.gguf"))
         if not found:
             raise UserError("no GGUF in this run yet", where=str(target), fix=f"run make gguf RUN={target} first")
         target = found[0]

@@ -10,10 +10,9 @@ from export.gguf import CONVERT_TYPES, Step, check_quant_type, clean_stale, conv
 from export.merge import Merged, merge_run
 from export.verify import CheckResult, check_chat_template, check_greedy, check_tokenization, check_top1_agreement
 from trainer.config import Recipe
-from trainer.runs import write_json
 from trainer.r1 import chat_template as r1_chat_template
+from trainer.runs import RunFolder, write_json
 
-GGUF_DIR = "gguf"
 ENFORCED_AGREEMENT = ("q8_0",)
 """Quant types whose top-1 agreement must reach the threshold; lower-bit types are measured and reported."""
 
@@ -40,11 +39,11 @@ def export_run(run_dir: Path, recipe: Recipe, quants: list[str], verify: bool = 
     started = time.perf_counter()
     quants = [check_quant_type(q) for q in quants]
     stem = run_dir.name
-    for path in clean_stale(run_dir, run_dir / GGUF_DIR):
+    for path in clean_stale(run_dir, RunFolder(run_dir).gguf):
         say(f"removed {path}, left by an interrupted export")
     say("merging the adapter into the 16-bit base...")
     merged = merge_run(run_dir, recipe)
-    out = run_dir / GGUF_DIR  # made only once the merge worked, so a refused export leaves nothing behind
+    out = RunFolder(run_dir).gguf  # made only once the merge worked, so a refused export leaves nothing behind
     out.mkdir(exist_ok=True)
     f16 = convert(merged.path, out / f"{stem}-f16.gguf", "f16", chat_template=r1_chat_template())
     steps = [f16]
@@ -56,7 +55,7 @@ def export_run(run_dir: Path, recipe: Recipe, quants: list[str], verify: bool = 
     result = ExportResult(merged, steps)
     if verify:
         say("verifying the merge and the GGUF files...")
-        merge_check = [check_merge(run_dir, recipe, merged.path)] if merged.path != run_dir / "adapter" else []
+        merge_check = [check_merge(run_dir, recipe, merged.path)] if merged.path != RunFolder(run_dir).adapter else []
         result.checks = merge_check + verification(merged.path, f16.path, [s.path for s in steps[1:]])
     result.seconds = time.perf_counter() - started
     result.peak_rss_gib, result.tools_peak_rss_gib = peak_rss_gib()
@@ -88,7 +87,7 @@ def check_merge(run_dir: Path, recipe: Recipe, merged: Path) -> CheckResult:
     with torch.inference_mode():
         reference = PeftModel.from_pretrained(
             AutoModelForCausalLM.from_pretrained(str(base_folder(recipe)), dtype=torch.float32),
-            str(run_dir / "adapter")).eval()
+            str(RunFolder(run_dir).adapter)).eval()
         expected = [reference(ids).logits[0] for ids in batch]
         del reference
         model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()

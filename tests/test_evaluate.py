@@ -12,6 +12,7 @@ import pytest
 from trainer import evaluate as ev
 from trainer.cli import main
 from trainer.errors import UserError
+from trainer.runs import resolve_run
 from trainer.metrics import corpus_scores
 from trainer.template import Encoded
 
@@ -164,7 +165,8 @@ def test_latest_is_the_newest_finished_run(tmp_path, monkeypatch):
             (runs / name / "COMPLETE").write_text("x")
             os.utime(runs / name / "COMPLETE", (1_000 + i, 1_000 + i))
     monkeypatch.chdir(tmp_path)
-    assert ev.resolve_run("latest") == Path("runs") / "medical-20250102-000000"  # the third never finished
-    assert ev.resolve_run("some/folder") == Path("some/folder")
+    monkeypatch.delenv("R1TUNE_RUNS", raising=False)
+    assert resolve_run("latest").path == Path("runs") / "medical-20250102-000000"  # the third never finished
+    assert resolve_run("some/folder").path == Path("some/folder")
     with pytest.raises(UserError, match="no finished run"):
-        ev.resolve_run("latest", root=tmp_path / "empty")
+        resolve_run("latest", root=tmp_path / "empty")

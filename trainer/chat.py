@@ -104,7 +104,8 @@ class ChatSession:
 class Generation:
     """`model.generate` on a worker thread, its text streamed through transformers' TextIteratorStreamer."""
 
-    def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, temperature: float):
+    def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, temperature: float,
+                 top_p: float = TOP_P):
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -118,7 +119,7 @@ class Generation:
 
         self.streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         encoded = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": TOP_P} if temperature > 0 else \
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
             {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         kwargs = dict(**{k: v.to(model.device) for k, v in encoded.items()}, max_new_tokens=max_new_tokens,
                       streamer=self.streamer, pad_token_id=tokenizer.pad_token_id,
@@ -156,18 +157,17 @@ def run_chat(run: str, prompt: str | None = None, base: bool = False, max_new_to
              temperature: float = 0.6, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """The `chat` command: load the model of a finished run and talk until /exit or end of input."""
     from trainer.errors import UserError
-    from trainer.evaluate import resolve_run
     from trainer.hardware import detect
     from trainer.model import load_for_inference, start_engine
     from trainer.recipe import load_resolved
-    from trainer.runs import ADAPTER, require_complete
+    from trainer.runs import ADAPTER, resolve_run
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     if temperature < 0:
         raise UserError(f"--temperature must be 0 (greedy) or more, got {temperature}", where="command line")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}", where="command line")
-    run_dir = require_complete(resolve_run(run))
+    run_dir = resolve_run(run).require_finished().path
     recipe = load_resolved(run_dir)
     which = f"base model {recipe.model.base}" if base else f"trained model {run_dir / ADAPTER}"
     print(f"loading the {which} ...", file=sys.stderr, flush=True)

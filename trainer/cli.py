@@ -6,6 +6,7 @@ becomes one message on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
 
 from trainer.distributed import is_main, launched
@@ -33,7 +34,7 @@ def train_command(args) -> int:
         return launch_training(args, recipe, hardware)
     if not launched():  # a launched process's parent checked already
         check_before_training(recipe)
-    resume_dir, checkpoint, notes = resumable(recipe) if args.resume else (None, None, [])
+    resume_dir, checkpoint, notes = resumable(recipe, args.run_dir) if args.resume else (None, None, [])
     fresh = resume_dir is None and not args.run_dir
     try:
         _, metrics = _train(args, recipe, hardware, resume_dir, checkpoint, notes)
@@ -53,7 +54,7 @@ def _train(args, recipe, hardware, resume_dir, checkpoint, notes):
     from trainer.data import encode, load_conversations, save_conversations
     from trainer.model import load_for_training, load_tokenizer
     from trainer.recipe import save_resolved
-    from trainer.runs import RunLog, mark_complete
+    from trainer.runs import RunFolder, RunLog
     from trainer.train import train
 
     log = RunLog(quiet=not is_main())
@@ -65,19 +66,20 @@ def _train(args, recipe, hardware, resume_dir, checkpoint, notes):
     prepared = encode(conversations, tokenizer, recipe)
     log.say("\n".join(prepared.report.summary()))
     loaded = load_for_training(recipe, hardware, tokenizer)
-    run_dir = run_folder(args, recipe, resume_dir)
-    _STARTED[run_dir] = False
-    log.attach(run_dir / "train.log")
-    if is_main():
-        save_resolved(recipe, run_dir / "config.yaml")
-        save_conversations(prepared.eval_conversations, run_dir / "eval_data.jsonl")
-    log.say(f"resuming {run_dir} from {checkpoint}" if checkpoint else f"run folder: {run_dir}")
-    metrics = train(recipe, loaded, prepared, hardware, run_dir, log, resume_from=checkpoint,
-                    on_first_step=lambda: _STARTED.__setitem__(run_dir, True))
-    if is_main():
-        mark_complete(run_dir)
-    log.say(finished(run_dir, metrics))
-    return run_dir, metrics
+    run = RunFolder(run_folder(args, recipe, resume_dir))
+    _STARTED[run.path] = False
+    log.attach(run.train_log)
+    with training_in(run, args, owner=is_main() and not launched()):
+        if is_main():
+            save_resolved(recipe, run.config)
+            save_conversations(prepared.eval_conversations, run.eval_data)
+        log.say(f"resuming {run.path} from {checkpoint}" if checkpoint else f"run folder: {run.path}")
+        metrics = train(recipe, loaded, prepared, hardware, run.path, log, resume_from=checkpoint,
+                        on_first_step=lambda: _STARTED.__setitem__(run.path, True))
+        if is_main():
+            run.mark_complete()
+    log.say(finished(run.path, metrics))
+    return run.path, metrics
 
 
 _STARTED: dict = {}
@@ -92,6 +94,36 @@ def _remove_unstarted() -> None:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
+@contextmanager
+def training_in(run, args, owner: bool):
+    """While training: `RUNNING` holds this process's pid (the folder's state is `running`), the command is
+    kept for a later resume, and progress.json ends in `finished`, `stopped` or `failed`."""
+    from trainer.progress import write_progress
+    from trainer.runs import write_json
+    from trainer.train import Stopped
+
+    if not is_main():
+        yield
+        return
+    if owner:
+        run.claim()
+    write_json(run.command, {"argv": [args.recipe, *args.overrides]})
+    write_progress(run, state="starting")
+    try:
+        yield
+    except Stopped:
+        write_progress(run, state="stopped")
+        raise
+    except BaseException as error:
+        write_progress(run, state="failed", error=str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise
+    else:
+        write_progress(run, state="finished")
+    finally:
+        if owner:
+            run.release()
+
+
 def launch_training(args, recipe, hardware) -> int:
     """`--gpus N`: check what can be checked once, choose the run folder, start N training processes."""
     import subprocess
@@ -100,7 +132,7 @@ def launch_training(args, recipe, hardware) -> int:
 
     from trainer.data import load_conversations
     from trainer.distributed import check_launch, launch_command
-    from trainer.runs import new_run_dir
+    from trainer.runs import RunFolder, new_run_dir
 
     if args.gpus < 1:
         raise UserError(f"GPUS={args.gpus}: the number of processes must be at least 1", where="GPUS",
@@ -110,7 +142,7 @@ def launch_training(args, recipe, hardware) -> int:
     strategy = check_launch(recipe, args.gpus, hardware, torch.cuda.device_count())
     check_before_training(recipe)
     load_conversations(recipe)  # bad data is reported here, once, rather than by every process
-    resumed = resumable(recipe) if args.resume else None
+    resumed = resumable(recipe, args.run_dir) if args.resume else None
     for note in resumed[2] if resumed else []:
         print(note, flush=True)
     run_dir = resumed[0] if resumed else new_run_dir(recipe.train.output_dir, recipe.name)
@@ -119,7 +151,12 @@ def launch_training(args, recipe, hardware) -> int:
         f"{args.gpus} CPU process{'es' * many} over gloo (no CUDA: a check of the path, not faster)"
     print(f"launching {strategy} on {where}; run folder {run_dir}", flush=True)
     argv = ["train", args.recipe, *args.overrides, "--run-dir", str(run_dir), *(["--resume"] if args.resume else [])]
-    return subprocess.run(launch_command(strategy, args.gpus, hardware.cuda, argv), check=False).returncode
+    run = RunFolder(run_dir)
+    run.claim()  # the launcher is the process to signal (Stop): accelerate passes SIGTERM on to the workers
+    try:
+        return subprocess.run(launch_command(strategy, args.gpus, hardware.cuda, argv), check=False).returncode
+    finally:
+        run.release()
 
 
 def run_folder(args, recipe, resume_dir: Path | None) -> Path:
@@ -139,12 +176,19 @@ RESUME_MAY_CHANGE = ("train.learning_rate", "train.max_steps", "train.epochs")
 make the checkpoint's optimizer state or data order mean something else."""
 
 
-def resumable(recipe) -> tuple[Path, str, list[str]]:
-    """The newest unfinished run of this recipe that has a checkpoint, that checkpoint, and warnings to show."""
+def resumable(recipe, chosen: str | None = None) -> tuple[Path, str, list[str]]:
+    """The run to resume (the one chosen with --run-dir, else the newest unfinished run of this recipe that has a
+    checkpoint), its last readable checkpoint, and warnings to show."""
     from trainer.recipe import load_resolved
-    from trainer.runs import latest_checkpoint, latest_run
+    from trainer.runs import RunFolder, latest_checkpoint, latest_run
 
-    run_dir = latest_run(recipe.train.output_dir, recipe.name, complete=False, with_checkpoint=True)
+    if chosen:
+        run = RunFolder(chosen)
+        if run.state != "stopped" and not launched():  # a launched worker resumes the folder its launcher holds
+            raise UserError(f"cannot resume this run: it is {run.state}", where=str(run.path),
+                            fix="only a stopped run with a checkpoint can be resumed")
+    run_dir = run.path if chosen else latest_run(recipe.train.output_dir, recipe.name, complete=False,
+                                                 with_checkpoint=True)
     if run_dir is None:
         raise UserError(f"nothing to resume: no unfinished run of '{recipe.name}' with a checkpoint",
                         where=recipe.train.output_dir,
@@ -250,7 +294,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--gpus", type=int, metavar="N",
                        help="train on N GPUs through accelerate (train.strategy picks DDP, FSDP or ZeRO; "
                             "N=1 with zero2/zero3 offloads to the CPU on one card); without CUDA, N CPU processes")
-    train.add_argument("--run-dir", help=argparse.SUPPRESS)  # chosen by the --gpus parent for its processes
+    train.add_argument("--run-dir", metavar="RUN",
+                       help="with --resume: the stopped run folder to continue (default: the newest of this recipe)")
     train.set_defaults(command=train_command)
     preview = commands.add_parser("preview", help="show rendered training examples with the trained span")
     _recipe_args(preview)

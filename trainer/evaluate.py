@@ -28,10 +28,9 @@ from trainer.metrics import corpus_scores, label_match, perplexity, rouge_bleu, 
 from trainer.model import base_path, choose_backend, load_for_inference, start_engine
 from trainer.r1 import split_reasoning
 from trainer.recipe import load_resolved
-from trainer.runs import ADAPTER, is_complete, require_complete, write_json, write_text
+from trainer.runs import RunFolder, resolve_run, write_json, write_text
 from trainer.template import IGNORE, Encoded, encode_conversation
 
-EVAL_DATA = "eval_data.jsonl"
 CACHE_VERSION = 1
 """Bump when generation or loss code changes what the base model's cached results would be."""
 LOSS_TOKEN_BUDGET = 16_384
@@ -61,23 +60,12 @@ class Outputs:
         return self.loss_sum / self.loss_tokens if self.loss_tokens else None
 
 
-def resolve_run(text: str, root: str | Path = "runs") -> Path:
-    """A run folder as given, or for `latest` the most recently completed run folder under `root`."""
-    if text != "latest":
-        return Path(text)
-    done = [p for p in Path(root).glob("*") if p.is_dir() and is_complete(p)]
-    if not done:
-        raise UserError("no finished run to use for RUN=latest", where=str(Path(root).resolve()),
-                        fix="train one with `make train`, or pass RUN=path/to/run")
-    return max(done, key=lambda p: ((p / "COMPLETE").stat().st_mtime, p.name))
-
-
 def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], None] | None = None) -> dict:
     """Evaluate a finished run; writes predictions.jsonl, eval_metrics.json and report.md into it."""
     from trainer.report import render_report
 
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
-    run_dir = require_complete(resolve_run(str(run)))
+    run_dir = resolve_run(run).require_finished().path
     recipe = load_resolved(run_dir)
     n = samples if samples is not None else recipe.eval.samples
     if n < 1:
@@ -97,8 +85,8 @@ def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], N
         before = run_model(recipe, hardware, None, items, "before")
         write_json(cached, {"version": CACHE_VERSION, "base": recipe.model.base, "completions": before.completions,
                             "loss_sum": before.loss_sum, "loss_tokens": before.loss_tokens})
-    say(f"after: loading the trained model from {run_dir / ADAPTER}")
-    after = run_model(recipe, hardware, run_dir / ADAPTER, items, "after", keep_tokenizer=True)
+    say(f"after: loading the trained model from {RunFolder(run_dir).adapter}")
+    after = run_model(recipe, hardware, RunFolder(run_dir).adapter, items, "after", keep_tokenizer=True)
     count = token_counter(after.tokenizer)
 
     references = [item.reference.content for item in items]
@@ -113,15 +101,16 @@ def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], N
     metrics["delta"] = deltas(metrics["before"], metrics["after"])
     predictions = [prediction(i, item, b, a)
                    for i, (item, b, a) in enumerate(zip(items, rows_before, rows_after, strict=True))]
-    write_text(run_dir / "predictions.jsonl",
+    run = RunFolder(run_dir)
+    write_text(run.predictions,
                "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
-    write_json(run_dir / "eval_metrics.json", metrics)
-    write_text(run_dir / "report.md", render_report(run_dir, recipe, metrics, predictions))
+    write_json(run.eval_metrics, metrics)
+    write_text(run.report, render_report(run_dir, recipe, metrics, predictions))
     return metrics
 
 
 def load_items(run_dir: Path, n: int) -> list[Item]:
-    path = Path(run_dir) / EVAL_DATA
+    path = RunFolder(run_dir).eval_data
     if not path.is_file():
         raise UserError("this run has no eval_data.jsonl", where=str(run_dir),
                         fix="it is written by `make train`; train again with this version")

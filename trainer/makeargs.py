@@ -40,6 +40,7 @@ TARGETS: dict[str, Target] = {
     "chat": Target("trainer.cli", ("chat",), ("{RUN}",)),
     "gguf": Target("export.cli", ("gguf",), ("{RUN}",), {"QUANT": "--quant"}),
     "chat-gguf": Target("export.cli", ("chat",), ("{RUN}",)),
+    "webui": Target("trainer.webui.__main__", (), options={"HOST": "--host", "PORT": "--port"}),
     "bench": Target("bench.__main__", ()),
 }
 

@@ -2,6 +2,9 @@
 
 Tokens are counted where the batches are made (`TokenCounter` wraps the trainer's collator), so tokens/s is
 exact: `trained` counts label tokens (what the loss sees), `tokens` counts every non-pad input token.
+
+The same numbers go to `progress.json` in the run folder (`Progress.snapshot`, written atomically), which the
+web UI and any other tool read: state, step of total, loss, tokens/s, elapsed and estimated time left.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import time
 from transformers import TrainerCallback
 
 from trainer.distributed import world_size
-from trainer.runs import RunLog
+from trainer.runs import RunFolder, RunLog, write_json
 from trainer.template import IGNORE
 
 
@@ -61,11 +64,56 @@ def segment_lengths(position_ids) -> list[int]:
     return lengths
 
 
-class ProgressBar(TrainerCallback):
-    """Replaces transformers' progress output: a tqdm bar with loss, learning rate and tokens/s."""
 
-    def __init__(self, counter: TokenCounter, log: RunLog):
+PROGRESS_EVERY_S = 1.0
+"""Write progress.json at most this often between log lines (each write is a small atomic file)."""
+
+
+def write_progress(run: RunFolder, **fields) -> None:
+    """Update the run's progress file: the fields given replace those of the last snapshot."""
+    snapshot = {**run.read_progress(), **fields, "updated": round(time.time(), 3)}
+    write_json(run.progress, snapshot)
+
+
+class Progress:
+    """The live numbers of one training process: what the terminal bar shows and progress.json holds."""
+
+    def __init__(self, counter: TokenCounter, run: RunFolder | None):
+        self.counter, self.run = counter, run
+        self.start = time.perf_counter()
+        self.first_step = 0
+        self.fields: dict = {}
+        self.written = 0.0
+
+    def begin(self, trainer_state) -> None:
+        self.start, self.first_step = time.perf_counter(), trainer_state.global_step
+        self.update(trainer_state, state="training", force=True)
+
+    def update(self, trainer_state, force: bool = False, **fields) -> dict:
+        """`fields` (loss, tokens/s, the `state` word, ...) are kept until replaced; step, total and times are
+        read from the trainer's state."""
+        step, total = trainer_state.global_step, trainer_state.max_steps
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        done = step - self.first_step
+        left = max(total - step, 0)
+        self.fields.update(fields)
+        self.fields.update(step=step, total=total, epoch=trainer_state.epoch,
+                           elapsed_s=round(elapsed, 1),
+                           eta_s=round(elapsed / done * left, 1) if done else None)
+        now = time.perf_counter()
+        if self.run is not None and (force or now - self.written >= PROGRESS_EVERY_S):
+            write_progress(self.run, **self.fields)
+            self.written = now
+        return self.fields
+
+
+class ProgressBar(TrainerCallback):
+    """Replaces transformers' progress output: a tqdm bar with loss, learning rate and tokens/s, and the
+    same numbers in the run folder's progress.json (rank 0 only)."""
+
+    def __init__(self, counter: TokenCounter, log: RunLog, run: RunFolder | None = None):
         self.counter, self.log = counter, log
+        self.progress = Progress(counter, run)
         self.bar = None
         self.start = 0.0
         self.in_training = False
@@ -76,12 +124,16 @@ class ProgressBar(TrainerCallback):
         if state.is_world_process_zero:
             self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
                             dynamic_ncols=True)
+        else:
+            self.progress.run = None
         self.start = time.perf_counter()
         self.in_training = True
+        self.progress.begin(state)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
+        self.progress.update(state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
@@ -91,16 +143,19 @@ class ProgressBar(TrainerCallback):
             logs["trained_tokens_per_s"] = round(scale * self.counter.trained / elapsed, 1)
             logs["tokens_per_s"] = round(scale * self.counter.tokens / elapsed, 1)
             logs["elapsed_s"] = round(elapsed, 3)  # with the rates above: tokens between any two log lines
+            shown = self.progress.update(state, force=True, **_finite({k: logs[k] for k in LIVE_KEYS if k in logs}))
             if self.bar is not None:
-                self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}",
-                                     tok_s=f"{logs['tokens_per_s']:.0f}", refresh=False)
+                self.bar.set_postfix(loss=f"{shown['loss']:.4f}", lr=f"{shown.get('learning_rate') or 0:.2e}",
+                                     tok_s=f"{shown['tokens_per_s']:.0f}", refresh=False)
         self.log.record(json.dumps({"step": state.global_step, **_finite(logs)}))
         if "eval_loss" in logs:
+            self.progress.update(state, force=True, eval_loss=logs["eval_loss"])
             self._write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
         if logs.get("loss") is not None and not math.isfinite(logs["loss"]):
             self._write(f"step {state.global_step}: loss is {logs['loss']}")
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.progress.update(state, force=True, state="saving")
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -112,6 +167,9 @@ class ProgressBar(TrainerCallback):
         else:
             print(text, flush=True)
         self.log.record(text)
+
+
+LIVE_KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_s", "trained_tokens_per_s")
 
 
 def _finite(logs: dict) -> dict:

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from trainer.config import Recipe
+from trainer.runs import RunFolder
 
 # (key in eval_metrics.json, label, kind, which way is better: +1 higher, -1 lower, 0 neither)
 ROWS = (
@@ -42,10 +43,10 @@ def metric_table(metrics: dict) -> str:
 
 
 def render_report(run_dir: Path, recipe: Recipe, metrics: dict, predictions: list[dict]) -> str:
-    run_dir = Path(run_dir)
-    training = _read_json(run_dir / "metrics.json")
+    run = RunFolder(run_dir)
+    training = _read_json(run.metrics)
     parts = [
-        f"# Evaluation of {run_dir.name}",
+        f"# Evaluation of {run.name}",
         "",
         (f"Recipe `{recipe.name}`, base model `{recipe.model.base}`, {metrics['samples']} held-out rows "
          f"(`eval_data.jsonl`), greedy decoding up to {metrics['max_new_tokens']} new tokens. Scores compare the "
@@ -59,7 +60,7 @@ def render_report(run_dir: Path, recipe: Recipe, metrics: dict, predictions: lis
         "",
         "## Training",
         "",
-        "![loss](loss_curve.png)" if (run_dir / "loss_curve.png").is_file() else "_No loss curve was written._",
+        f"![loss]({run.loss_curve.name})" if run.loss_curve.is_file() else "_No loss curve was written._",
         "",
         _training_table(training),
         "",

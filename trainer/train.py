@@ -25,7 +25,7 @@ from trainer.hardware import Hardware
 from trainer.model import Loaded, lora_scale, trainable_summary
 from trainer.plots import plot_loss
 from trainer.progress import ProgressBar, TokenCounter
-from trainer.runs import ADAPTER, RunLog, latest_checkpoint, write_json
+from trainer.runs import RunFolder, RunLog, latest_checkpoint, write_json
 from trainer.template import Encoded
 
 
@@ -36,8 +36,9 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
     A resumed run counts as one run: its metrics cover the steps, tokens and time before the interruption too."""
     log.say(f"{loaded.backend}: {trainable_summary(loaded.model)}")
     trainer, counter = build_trainer(recipe, loaded, prepared, hardware, run_dir, log)
-    guard = NonFiniteGuard()
+    guard, stopper = NonFiniteGuard(), StopOnSignal()
     trainer.add_callback(guard)
+    trainer.add_callback(stopper)
     before = resume.read_totals(resume_from)
     started = time.perf_counter()
     ledger = resume.BatchLedger(counter, recipe.train.gradient_accumulation)
@@ -58,6 +59,7 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
             raise out_of_memory(recipe) from None
         raise
     guard.raise_if_tripped(run_dir)
+    stopper.raise_if_stopped(run_dir, recipe.name)
     elapsed = time.perf_counter() - started + before.seconds
     counts = continuity.totals(trainer.state.global_step)
     final_eval = final_evaluation(trainer) if prepared.eval else {}
@@ -67,9 +69,10 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
     if recipe.train.method == "lora":
         metrics["lora_scale"] = lora_scale(loaded.model)  # what the merge multiplies B @ A by
     if is_main():
-        trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
-        write_json(run_dir / "metrics.json", metrics)
-        plot_loss(trainer.state.log_history, run_dir / "loss_curve.png", f"{recipe.name}: {recipe.model.base}")
+        run = RunFolder(run_dir)
+        trainer.state.save_to_json(str(run.trainer_state))
+        write_json(run.metrics, metrics)
+        plot_loss(trainer.state.log_history, run.loss_curve, f"{recipe.name}: {recipe.model.base}")
     return metrics
 
 
@@ -102,6 +105,64 @@ class NonFiniteGuard(TrainerCallback):
         raise UserError(f"training stopped at step {self.step}: {self.what}; {kept}", where=str(run_dir),
                         fix="lower train.learning_rate or raise train.warmup_ratio, check the data, then train "
                             "again (RESUME=1 continues from the checkpoint)")
+
+
+class Stopped(UserError):
+    """Training was asked to stop (SIGTERM, Ctrl-C, the web UI's Stop) and left a checkpoint to resume from."""
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM or SIGINT ends training after the current step, with a checkpoint, so the run can be resumed.
+
+    A second signal stops at once (KeyboardInterrupt), leaving the last regular checkpoint, if any. The handlers
+    are only in place while the steps run: before that there is nothing to save, after it the weights are being
+    written and a stop would only leave half of them.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self):
+        self.requested: str | None = None
+        self.step: int | None = None
+        self.previous: dict = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers (a trainer driven from a worker thread keeps defaults)
+        for name in self.SIGNALS:
+            self.previous[name] = signal.signal(getattr(signal, name), self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            self.step = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import signal
+
+        for name, handler in self.previous.items():
+            signal.signal(getattr(signal, name), handler)
+        self.previous.clear()
+
+    def raise_if_stopped(self, run_dir: Path, recipe_name: str) -> None:
+        if self.requested is None:
+            return
+        checkpoint = latest_checkpoint(run_dir)
+        kept = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint (stopped before the first step ended)"
+        raise Stopped(f"training stopped by {self.requested} at step {self.step}; kept {kept}", where=str(run_dir),
+                      fix=f"continue it with `make train RECIPE={recipe_name} RESUME=1` (same overrides) or the web "
+                          "UI's Resume")
 
 
 def out_of_memory(recipe: Recipe) -> UserError:
@@ -152,7 +213,7 @@ def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: 
     trainer.data_collator = counter  # counting happens where batches are built; see trainer.progress
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(ProgressBar(counter, log))
+    trainer.add_callback(ProgressBar(counter, log, RunFolder(run_dir) if is_main() else None))
     return trainer, counter
 
 
@@ -201,7 +262,7 @@ def sft_config(recipe: Recipe, hardware: Hardware, backend: str, run_dir: Path, 
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     precision = _precision(recipe, hardware)
     return SFTConfig(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(RunFolder(run_dir).checkpoints),
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
         num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
@@ -244,7 +305,8 @@ def make_optimizer(recipe: Recipe, model):
 
 def save_weights(trainer, loaded: Loaded, run_dir: Path) -> Path:
     """Adapter (or full model) and tokenizer into `adapter/`, written aside and renamed when complete."""
-    final, tmp = run_dir / ADAPTER, run_dir / f".{ADAPTER}.tmp"
+    final = RunFolder(run_dir).adapter
+    tmp = final.with_name(f".{final.name}.tmp")
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:

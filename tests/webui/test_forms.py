@@ -1,0 +1,65 @@
+"""The web UI's pure parts: knobs from the schema, overrides, the make command, the login rule, run views."""
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from trainer.config import Recipe, TrainConfig
+from trainer.errors import UserError
+from trainer.recipe import parse_override
+from trainer.runs import RunFolder
+from trainer.webui import knobs, views
+from trainer.webui.app import auth_for
+
+
+def test_knob_docs_are_the_schema_docstrings():
+    assert knobs.knob("train.learning_rate").doc == "Peak learning rate."
+    assert knobs.knob("data.path").doc.startswith("Data file (.jsonl")  # declared on a base class
+    assert knobs.knob("train.method").choices == ("lora", "full", "freeze")
+    assert knobs.knob("lora.rank").choices == ()
+    assert all(knobs.knob(key).doc for key in knobs.MAIN_KEYS if key != "profile") and knobs.knob("profile").doc
+
+
+def test_only_changed_values_become_overrides():
+    recipe = Recipe(train=TrainConfig(learning_rate=2e-4, max_steps=None))
+    made = knobs.overrides(recipe, {"train.learning_rate": "0.0002", "train.max_steps": "none",
+                                    "train.batch_size": "4", "lora.target_modules": "[q_proj, v_proj]",
+                                    "train.epochs": ""})
+    assert made == ["train.batch_size=4", "lora.target_modules=[q_proj, v_proj]"]
+
+
+def test_the_make_command_reads_back_as_the_same_arguments():
+    args = ["profile=cpu", "train.max_steps=5", "data.system=You are kind; answer briefly."]
+    line = knobs.make_command("news", args)
+    words = shlex.split(line)
+    assert words[:4] == ["make", "train", "RECIPE=news", "GPU=cpu"]
+    passed = shlex.split(words[4].removeprefix("ARGS="))  # make hands ARGS to the CLI split like a shell
+    assert passed == ["train.max_steps=5", "data.system=You are kind; answer briefly."]
+    assert parse_override(passed[1]) == ("data.system", "You are kind; answer briefly.")
+
+
+def test_any_address_but_loopback_needs_a_login():
+    assert auth_for("127.0.0.1", None) is None
+    with pytest.raises(UserError, match="needs a login"):
+        auth_for("0.0.0.0", None)
+    assert auth_for("0.0.0.0", "me:pa:ss") == ("me", "pa:ss")
+    with pytest.raises(UserError, match="user:password"):
+        auth_for("0.0.0.0", "me")
+
+
+def test_run_views_read_the_log_and_progress(tmp_path):
+    run = RunFolder(tmp_path / "news-20260101-000000")
+    run.path.mkdir()
+    run.train_log.write_text("run folder: x\n" + "\n".join(json.dumps(e) for e in [
+        {"step": 1, "loss": 3.5}, {"step": 2, "loss": "nan"}, {"step": 2, "eval_loss": 3.0}, {"step": 3, "loss": 2.0},
+    ]) + "\n")
+    assert views.losses(run) == [{"step": 1, "loss": 3.5}, {"step": 3, "loss": 2.0}]
+    run.progress.write_text(json.dumps({"state": "failed", "step": 3, "total": 12, "loss": 2.0,
+                                        "error": "boom"}))
+    line = views.progress_line(run)
+    assert "failed" in line and "step 3/12 (25%)" in line and "boom" in line
+    assert views.duration(3725) == "1 h 2 min" and views.duration(75) == "1 min 15 s"
+    row = views.runs_table([run])[0]
+    assert row[1] == "failed" and row[2] == "3/12"
