@@ -13,11 +13,9 @@ import gradio as gr
 
 from trainer.errors import UserError
 from trainer.formats import Message
+from trainer.r1 import ReasoningStream
 from trainer.runs import RunFolder, all_runs
 from trainer.webui import views
-
-# TODO(engineer 3): take ThinkSplitter from trainer.r1 once the reasoning splitter has moved there.
-from trainer.chat import ThinkSplitter  # noqa: E402  (kept apart so the move is a one-line change)
 
 REASONING_TITLE = "Reasoning"
 _loaded: dict = {}
@@ -118,7 +116,7 @@ def respond(text: str, messages: list[dict], choice: str, system: str, temperatu
                     "metadata": {"title": REASONING_TITLE, "status": "pending"}}
         answer = {"role": "assistant", "content": ""}
         messages += [{"role": "user", "content": text}, thinking]
-        splitter = ThinkSplitter()
+        splitter = ReasoningStream()
         pieces = model.stream(prompt, int(max_new_tokens), float(temperature), float(top_p))
         for piece in pieces:
             for kind, chunk in splitter.feed(piece):
