@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TextIO
 
 from trainer.formats import THINK_CLOSE, THINK_OPEN, Message
@@ -206,7 +206,8 @@ def model_stream(model, tokenizer, max_new_tokens: int, temperature: float) -> S
 
 
 def run_chat(run: str, prompt: str | None = None, base: bool = False, max_new_tokens: int | None = None,
-             temperature: float = 0.6, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+             temperature: float = 0.6, stdin: TextIO | None = None, stdout: TextIO | None = None,
+             overrides: Sequence[str] = ()) -> int:
     """The `chat` command: load the model of a finished run and talk until /exit or end of input."""
     from trainer.errors import UserError
     from trainer.evaluate import resolve_run
@@ -221,7 +222,7 @@ def run_chat(run: str, prompt: str | None = None, base: bool = False, max_new_to
     if max_new_tokens is not None and max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}", where="command line")
     run_dir = require_complete(resolve_run(run))
-    recipe = load_resolved(run_dir)
+    recipe = load_resolved(run_dir, overrides)
     which = f"base model {recipe.model.base}" if base else f"trained model {run_dir / ADAPTER}"
     print(f"loading the {which} ...", file=sys.stderr, flush=True)
     hardware = detect()

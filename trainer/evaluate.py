@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,13 +71,14 @@ def resolve_run(text: str, root: str | Path = "runs") -> Path:
     return max(done, key=lambda p: ((p / "COMPLETE").stat().st_mtime, p.name))
 
 
-def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], None] | None = None) -> dict:
+def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], None] | None = None,
+             overrides: Sequence[str] = ()) -> dict:
     """Evaluate a finished run; writes predictions.jsonl, eval_metrics.json and report.md into it."""
     from trainer.report import render_report
 
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
     run_dir = require_complete(resolve_run(str(run)))
-    recipe = load_resolved(run_dir)
+    recipe = load_resolved(run_dir, overrides)
     n = samples if samples is not None else recipe.eval.samples
     if n < 1:
         raise UserError(f"--samples must be at least 1, got {n}", where="command line")
