@@ -74,7 +74,7 @@ def resolve_run(text: str, root: str | Path = "runs") -> Path:
 def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], None] | None = None,
              overrides: Sequence[str] = ()) -> dict:
     """Evaluate a finished run; writes predictions.jsonl, eval_metrics.json and report.md into it."""
-    from trainer.report import render_report
+    from trainer.report import answer_kind, render_report
 
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
     run_dir = require_complete(resolve_run(str(run)))
@@ -107,6 +107,7 @@ def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], N
     metrics = {
         "run": str(run_dir), "recipe": recipe.name, "base": recipe.model.base, "samples": len(items),
         "max_new_tokens": recipe.eval.max_new_tokens, "decoding": "greedy", "before_cache_key": key,
+        "answers": answer_kind(recipe.data.format, references),
         "before": aggregate(rows_before, references, before.loss),
         "after": aggregate(rows_after, references, after.loss),
     }
