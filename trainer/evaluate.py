@@ -26,6 +26,7 @@ from trainer.generate import generate, history_of
 from trainer.hardware import Hardware, detect
 from trainer.metrics import corpus_scores, label_match, perplexity, rouge_bleu, split_reasoning, think_format_ok
 from trainer.model import base_path, choose_backend, load_for_inference, start_engine
+from trainer.modelcard import write_model_card
 from trainer.recipe import load_resolved
 from trainer.runs import ADAPTER, is_complete, require_complete, write_json, write_text
 from trainer.template import IGNORE, Encoded, encode_conversation
@@ -118,6 +119,7 @@ def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], N
                "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
     write_json(run_dir / "eval_metrics.json", metrics)
     write_text(run_dir / "report.md", render_report(run_dir, recipe, metrics, predictions))
+    write_model_card(run_dir, recipe)  # now with the before/after table
     return metrics
 
 

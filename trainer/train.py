@@ -24,6 +24,7 @@ from trainer.distributed import is_main, launched, sum_over_processes, wait_for_
 from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.model import Loaded, trainable_summary
+from trainer.modelcard import write_model_card
 from trainer.plots import plot_loss
 from trainer.progress import ProgressBar, TokenCounter
 from trainer.runs import ADAPTER, RunLog, latest_checkpoint, write_json
@@ -52,11 +53,22 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
     metrics = summarize(result, final_eval, trainer.state.log_history, (int(trained), int(tokens)), elapsed,
                         loaded, hardware)
     metrics["engine"] = engine_of(trainer)
+    metrics["examples"] = {"train": len(prepared.train), "eval": len(prepared.eval)}
     if is_main():
         trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
         write_json(run_dir / "metrics.json", metrics)
         plot_loss(trainer.state.log_history, run_dir / "loss_curve.png", f"{recipe.name}: {recipe.model.base}")
+        write_model_card(run_dir, recipe)  # replaces PEFT's template README
+        remove_if_empty(run_dir / "checkpoints")
     return metrics
+
+
+def remove_if_empty(folder: Path) -> None:
+    """The Trainer makes its output folder even when no checkpoint is saved; an empty folder only misleads."""
+    try:
+        folder.rmdir()
+    except OSError:  # missing, or it holds checkpoints
+        pass
 
 
 class NonFiniteGuard(TrainerCallback):
@@ -123,7 +135,7 @@ def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: 
     callbacks = []
     if recipe.train.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
-    with packing_warnings_checked(loaded.model):
+    with packing_warnings_checked(loaded.model), dataset_bars_hidden():
         trainer = SFTTrainer(
             model=loaded.model, args=args, processing_class=loaded.tokenizer,
             train_dataset=_dataset(Dataset, prepared.train),
@@ -135,6 +147,22 @@ def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: 
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressBar(counter, log))
     return trainer, counter
+
+
+@contextmanager
+def dataset_bars_hidden():
+    """TRL runs `datasets.map` over our already encoded rows ("Truncating", "Dropping fully masked examples"):
+    four progress bars of a step that takes a second and changes nothing. Hub dataset downloads keep theirs."""
+    from datasets.utils import tqdm as ds_tqdm
+
+    was_on = not ds_tqdm.are_progress_bars_disabled()
+    if was_on:
+        ds_tqdm.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            ds_tqdm.enable_progress_bars()
 
 
 PACKING_CHECKED_ATTENTION = ("sdpa", "eager")
