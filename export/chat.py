@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from trainer.chat import HELP, TOP_P, ChatSession, Printer, repl
+from trainer.chat import HELP, TOP_P, ChatSession, Ending, Printer, repl
 from trainer.errors import UserError
 
 
@@ -27,17 +27,30 @@ class GGUFTemplate:
                                     bos_token=self.bos_token)
 
 
+class LlamaGeneration:
+    """One streamed completion; afterwards `ending` says whether eos or the token limit ended it."""
+
+    def __init__(self, llm, prompt: str, max_new_tokens: int, temperature: float):
+        self.llm, self.max_new_tokens, self.temperature = llm, max_new_tokens, temperature
+        # The prompt already holds bos, so llama.cpp must not add another.
+        self.tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        self.ending: Ending | None = None
+
+    def __iter__(self):
+        reason = None
+        for piece in self.llm.create_completion(self.tokens, max_tokens=self.max_new_tokens,
+                                                temperature=self.temperature, top_p=TOP_P, stream=True, stop=[]):
+            choice = piece["choices"][0]
+            reason = choice.get("finish_reason") or reason
+            yield choice["text"]
+        made = max(0, self.llm.n_tokens - len(self.tokens))
+        kind = {"stop": "eos", "length": "limit"}.get(reason, "other")
+        self.ending = Ending(kind, made + (kind == "eos"), self.max_new_tokens)  # eos is made, not evaluated
+
+
 def llama_stream(llm, max_new_tokens: int, temperature: float):
-    """Prompt text in, text pieces out; the prompt already holds bos, so llama.cpp must not add another."""
-
-    def stream(prompt: str):
-        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        pieces = llm.create_completion(tokens, max_tokens=max_new_tokens, temperature=temperature, top_p=TOP_P,
-                                       stream=True, stop=[])
-        for piece in pieces:
-            yield piece["choices"][0]["text"]
-
-    return stream
+    """Prompt text in, text pieces out."""
+    return lambda prompt: LlamaGeneration(llm, prompt, max_new_tokens, temperature)
 
 
 def run_gguf_chat(gguf: Path, prompt: str | None, max_new_tokens: int, temperature: float,

@@ -29,6 +29,9 @@ def tokenizer():
     return load_tokenizer(ModelConfig(base="tiny"))
 
 
+EOS = 151643
+
+
 class Scripted:
     """A stand-in model: records every prompt and streams the next scripted completion in small pieces."""
 
@@ -64,6 +67,39 @@ def test_printer_frames_plain_output_and_dims_on_a_terminal():
     printer.write("reasoning", "never done")
     printer.end(closed=False)
     assert cut.getvalue().startswith("[thinking] never done\n[no answer")
+
+
+@pytest.mark.parametrize("closed, ids, limit, says, not_says", [
+    # eos long before the limit, still inside the reasoning: not a token-limit problem
+    (False, [5] * 36 + [EOS], 96, "ended its reply after 37 of 96 tokens without closing its reasoning",
+     "limit"),
+    (False, [5] * 96, 96, "the reasoning used all 96 new tokens before </think>", "ended"),
+    (True, [5] * 96, 96, "answer cut: the reply used all 96 new tokens", "no answer"),
+    (True, [5] * 10 + [EOS], 96, None, None),
+])
+def test_the_note_after_a_reply_says_what_ended_it(closed, ids, limit, says, not_says):
+    out = io.StringIO()
+    printer = chat.Printer(out, color=False)
+    printer.write("reasoning", "thought")
+    if closed:
+        printer.write("answer", "A")
+    printer.end(closed, ending=chat.ending_of(ids, [EOS], limit))
+    text = out.getvalue()
+    if says is None:
+        assert text == "[thinking] thought\n[answer] A\n"
+    else:
+        assert says in text and not_says not in text.split("\n")[-2]
+
+
+def test_a_session_passes_the_generations_ending_to_the_printer(tokenizer):
+    class Ended(list):
+        ending = chat.ending_of([5, 6, EOS], [EOS], 50)
+
+    session = chat.ChatSession(lambda prompt: Ended(["still thinking"]), tokenizer)
+    out = io.StringIO()
+    session.ask("question", chat.Printer(out, color=False))
+    assert out.getvalue().endswith("[no answer: the model ended its reply after 3 of 50 tokens without closing "
+                                   "its reasoning (no </think>)]\n")
 
 
 # ---- history and commands --------------------------------------------------------------------------------------
@@ -142,10 +178,26 @@ def test_prompt_mode_streams_reasoning_and_answer_apart(tiny_run, capsys):
     running.stop()  # what Ctrl-C does: the worker thread ends long before 10,000 tokens
     assert not running.thread.is_alive()
     frame = f"[thinking] {expected.reasoning}" if expected.reasoning else "[thinking]"
-    if expected.closed:
+    # What ended the reply, read from the raw ids of the same greedy generation.
+    import torch
+
+    from trainer.template import prompt_text
+
+    prompt = loaded.tokenizer(prompt_text([Message("user", question)], loaded.tokenizer), add_special_tokens=False,
+                              return_tensors="pt")
+    with torch.inference_mode():
+        ids = loaded.model.generate(**prompt, max_new_tokens=24, do_sample=False, temperature=None, top_p=None,
+                                    top_k=None, eos_token_id=EOS, pad_token_id=loaded.tokenizer.pad_token_id)
+    new = ids[0, prompt["input_ids"].shape[1]:].tolist()
+    if expected.closed and EOS in new:
         assert out == f"{frame}\n[answer] {expected.answer}\n"
+    elif expected.closed:
+        assert out.startswith(f"{frame}\n[answer] {expected.answer}\n[answer cut: the reply used all 24 new")
+    elif EOS in new:
+        assert out == (f"{frame}\n[no answer: the model ended its reply after {len(new)} of 24 tokens without "
+                       "closing its reasoning (no </think>)]\n")
     else:
-        assert out == f"{frame}\n[no answer: the reasoning reached the token limit (--max-new-tokens)]\n"
+        assert out.startswith(f"{frame}\n[no answer: the reasoning used all 24 new tokens before </think>")
 
 
 def test_chat_command_with_scripted_stdin(tiny_run, monkeypatch, capsys):
@@ -160,3 +212,27 @@ def test_chat_refuses_an_unfinished_run(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     assert main(["chat", str(tmp_path / "run"), "--prompt", "hi"]) == 2
     assert "did not finish" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("finish, made, says", [
+    ("stop", 36, "ended its reply after 37 of 96 tokens"),
+    ("length", 96, "the reasoning used all 96 new tokens"),
+])
+def test_gguf_chat_reads_the_ending_from_llama_cpps_finish_reason(finish, made, says, tokenizer):
+    from export.chat import llama_stream
+
+    class FakeLlama:  # llama-cpp-python's streaming interface, as far as the chat uses it
+        n_tokens = 0
+
+        def tokenize(self, text, add_bos, special):
+            return [1, 2, 3]
+
+        def create_completion(self, tokens, max_tokens, **kwargs):
+            for i in range(made):
+                self.n_tokens = len(tokens) + i + 1
+                yield {"choices": [{"text": "x", "finish_reason": finish if i == made - 1 else None}]}
+
+    session = chat.ChatSession(llama_stream(FakeLlama(), 96, 0.0), tokenizer)
+    out = io.StringIO()
+    session.ask("question", chat.Printer(out, color=False))
+    assert says in out.getvalue()

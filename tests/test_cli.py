@@ -105,3 +105,19 @@ def test_train_starts_the_engine_before_transformers_trl_or_peft_is_imported():
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "LOADED []" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("command", ["eval", "chat"])
+def test_eval_and_chat_take_eval_overrides_checked_before_any_model_loads(command, tmp_path, capsys):
+    from trainer.hardware import Hardware
+    from trainer.recipe import find_recipe, load_recipe, save_resolved
+
+    run = tmp_path / "news-run"
+    run.mkdir()
+    save_resolved(load_recipe(find_recipe("news", Path("recipes")), [], Hardware(False)), run / "config.yaml")
+    (run / "COMPLETE").write_text("done\n")
+    assert main([command, str(run), "eval.max_new_tokens=0"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.max_new_tokens=0" in err and "must be at least 1" in err and "Traceback" not in err
+    assert main([command, str(run), "train.epochs=3"]) == 2
+    assert "only eval.* can change" in capsys.readouterr().err

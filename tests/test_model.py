@@ -37,3 +37,17 @@ def test_start_engine_without_cuda_tells_deepspeed_it_runs_on_the_cpu(monkeypatc
     recipe = load_recipe(find_recipe("news", ROOT / "recipes"), ["profile=cpu"], Hardware(False))
     assert start_engine(recipe, Hardware(False)) == "transformers"
     assert os.environ["DS_ACCELERATOR"] == "cpu"  # else DeepSpeed warns on every CPU run that it found no GPU
+
+
+def test_torchao_syntax_warnings_are_ignored_and_others_kept():
+    import warnings
+
+    from trainer.model import ignore_torchao_syntax_warnings
+
+    source = "same = len('') is 0\n"  # Python warns while compiling ("is" with a literal), as for torchao's escapes
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ignore_torchao_syntax_warnings()
+        compile(source, "/site-packages/torchao/quantization/utils.py", "exec")
+        compile(source, "/work/project/mine.py", "exec")
+    assert [str(w.filename) for w in caught if w.category is SyntaxWarning] == ["/work/project/mine.py"]

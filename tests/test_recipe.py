@@ -197,3 +197,20 @@ def test_missing_local_data_file_is_reported_with_its_line(tmp_path):
 def test_schema_check_accepts_the_defaults_with_a_path():
     recipe = Recipe(data=schema.DataConfig(path="x.jsonl"))
     assert schema.check(recipe) == []
+
+
+def test_a_finished_runs_eval_settings_take_overrides_validated_like_training(tmp_path):
+    recipe = load_recipe(find_recipe("news", RECIPES), [], CPU)
+    save_resolved(recipe, tmp_path / "config.yaml")
+    changed = load_resolved(tmp_path, ["eval.max_new_tokens=64", "eval.samples=3"])
+    assert (changed.eval.max_new_tokens, changed.eval.samples) == (64, 3)
+    assert changed.train == recipe.train and changed.eval.batch_size == recipe.eval.batch_size
+    with pytest.raises(ConfigError) as caught:
+        load_resolved(tmp_path, ["eval.max_new_tokens=0", "eval.max_new_token=5", "eval.samples=many",
+                                 "train.max_steps=5"])
+    problems = caught.value.problems
+    assert len(problems) == 4
+    assert any("command line (eval.max_new_tokens=0)" in p and "must be at least 1" in p for p in problems)
+    assert any("did you mean eval.max_new_tokens?" in p for p in problems)
+    assert any("eval.samples: expected a whole number" in p for p in problems)
+    assert any("train.max_steps was fixed when the run was trained" in p for p in problems)

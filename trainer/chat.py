@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
 from trainer.formats import Message
@@ -24,6 +25,39 @@ StreamFn = Callable[[str], Iterable[str]]
 """Prompt text in, generated text pieces out (an object with `stop()` can be interrupted)."""
 
 
+@dataclass(frozen=True)
+class Ending:
+    """Why generation stopped: `eos` (the model ended its reply), `limit` (it used every allowed new token)."""
+
+    reason: str
+    tokens: int
+    """New tokens generated."""
+    limit: int
+
+
+def ending_of(new_ids: Sequence[int], eos_ids: Iterable[int], limit: int) -> Ending:
+    """The ending of one generation from the ids it produced (eos included when it was generated)."""
+    ended = bool(new_ids) and new_ids[-1] in set(eos_ids)
+    return Ending("eos" if ended else "limit" if len(new_ids) >= limit else "other", len(new_ids), limit)
+
+
+def ending_note(closed: bool, ending: Ending | None) -> str | None:
+    """The line said after a reply that had no answer or was cut; None when there is nothing to say."""
+    raise_it = "raise it with --max-new-tokens N or ARGS=eval.max_new_tokens=N"
+    if ending is None:
+        return None if closed else "no answer: the reply ended inside the reasoning (no </think>)"
+    if ending.reason == "limit":
+        if closed:
+            return f"answer cut: the reply used all {ending.limit} new tokens; {raise_it}"
+        return f"no answer: the reasoning used all {ending.limit} new tokens before </think>; {raise_it}"
+    if closed:
+        return None
+    if ending.reason == "eos":
+        return (f"no answer: the model ended its reply after {ending.tokens} of {ending.limit} tokens without "
+                "closing its reasoning (no </think>)")
+    return f"no answer: generation stopped after {ending.tokens} of {ending.limit} tokens inside the reasoning"
+
+
 class Printer:
     """Writes one streamed reply: reasoning dimmed (tty) or framed with `[thinking]` / `[answer]` (plain)."""
 
@@ -37,15 +71,14 @@ class Printer:
         self.out.write(text)
         self.out.flush()
 
-    def end(self, closed: bool, stopped: bool = False) -> None:
+    def end(self, closed: bool, stopped: bool = False, ending: Ending | None = None) -> None:
         if self.part is None:
             self._switch("reasoning")
         if self.color and self.part == "reasoning":
             self.out.write(RESET)
-        if stopped:
-            self.out.write("\n[stopped]")
-        elif not closed:
-            self.out.write("\n[no answer: the reasoning reached the token limit (--max-new-tokens)]")
+        note = "stopped" if stopped else ending_note(closed, ending)
+        if note:
+            self.out.write(f"\n[{note}]")
         self.out.write("\n")
         self.out.flush()
 
@@ -94,7 +127,7 @@ class ChatSession:
         for kind, chunk in splitter.finish():
             parts[kind].append(chunk)
             printer.write(kind, chunk)
-        printer.end(splitter.closed)
+        printer.end(splitter.closed, ending=getattr(generation, "ending", None))
         reasoning, answer = "".join(parts["reasoning"]), "".join(parts["answer"]).strip()
         # Earlier reasoning is not kept: the R1 template would drop it, and it would only cost context.
         self.history += [Message("user", text), Message("assistant", answer)]
@@ -111,6 +144,9 @@ class Generation:
 
         self.halt = threading.Event()
         self.error: BaseException | None = None
+        self.ending: Ending | None = None
+        """Set once generation is over (not after a stop): whether eos or the token limit ended it."""
+        self.max_new_tokens, self.eos_token_id = max_new_tokens, tokenizer.eos_token_id
         halt = self.halt
 
         class Halt(StoppingCriteria):
@@ -125,6 +161,7 @@ class Generation:
                       streamer=self.streamer, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id, stopping_criteria=StoppingCriteriaList([Halt()]),
                       **sampling)
+        self.prompt_length = int(encoded["input_ids"].shape[1])
         self.thread = threading.Thread(target=self._run, args=(model, kwargs), daemon=True)
         self.thread.start()
 
@@ -133,7 +170,10 @@ class Generation:
 
         try:
             with torch.inference_mode():
-                model.generate(**kwargs)
+                output = model.generate(**kwargs)
+            if not self.halt.is_set():
+                new_ids = output[0, self.prompt_length:].tolist()
+                self.ending = ending_of(new_ids, [self.eos_token_id], self.max_new_tokens)
         except BaseException as exc:  # noqa: BLE001  (re-raised in the reading thread)
             self.error = exc
             self.streamer.end()
@@ -154,7 +194,8 @@ def model_stream(model, tokenizer, max_new_tokens: int, temperature: float) -> S
 
 
 def run_chat(run: str, prompt: str | None = None, base: bool = False, max_new_tokens: int | None = None,
-             temperature: float = 0.6, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+             temperature: float = 0.6, stdin: TextIO | None = None, stdout: TextIO | None = None,
+             overrides: Sequence[str] = ()) -> int:
     """The `chat` command: load the model of a finished run and talk until /exit or end of input."""
     from trainer.errors import UserError
     from trainer.hardware import detect
@@ -168,7 +209,7 @@ def run_chat(run: str, prompt: str | None = None, base: bool = False, max_new_to
     if max_new_tokens is not None and max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}", where="command line")
     run_dir = resolve_run(run).require_finished().path
-    recipe = load_resolved(run_dir)
+    recipe = load_resolved(run_dir, overrides)
     which = f"base model {recipe.model.base}" if base else f"trained model {run_dir / ADAPTER}"
     print(f"loading the {which} ...", file=sys.stderr, flush=True)
     hardware = detect()

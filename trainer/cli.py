@@ -238,7 +238,8 @@ def eval_command(args) -> int:
     from trainer.evaluate import evaluate
     from trainer.report import metric_table
 
-    metrics = evaluate(args.run, samples=args.samples)
+    run, overrides = _run_and_overrides(args)
+    metrics = evaluate(run, samples=args.samples, overrides=overrides)
     print(metric_table(metrics))
     print(f"\nwrote predictions.jsonl, eval_metrics.json and report.md in {metrics['run']}")
     return 0
@@ -247,8 +248,16 @@ def eval_command(args) -> int:
 def chat_command(args) -> int:
     from trainer.chat import run_chat
 
-    return run_chat(args.run, prompt=args.prompt, base=args.base, max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature)
+    run, overrides = _run_and_overrides(args)
+    return run_chat(run, prompt=args.prompt, base=args.base, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, overrides=overrides)
+
+
+def _run_and_overrides(args) -> tuple[str, list[str]]:
+    """`eval [RUN] [eval.key=value ...]`: a first argument with `=` is an override, and the run is `latest`."""
+    if "=" in args.run:
+        return "latest", [args.run, *args.overrides]
+    return args.run, list(args.overrides)
 
 
 def banner(recipe, hardware) -> str:
@@ -307,9 +316,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="compare the base and the trained model on the eval rows")
     evaluate.add_argument("run", nargs="?", default="latest", help="run folder, or `latest` (default)")
     evaluate.add_argument("--samples", type=int, help="eval rows to use (default: the recipe's eval.samples)")
+    _after_training_args(evaluate)
     evaluate.set_defaults(command=eval_command)
     chat = commands.add_parser("chat", help="chat with the trained model in the terminal")
     chat.add_argument("run", nargs="?", default="latest", help="run folder, or `latest` (default)")
+    _after_training_args(chat)
     chat.add_argument("--prompt", help="answer this one message and exit")
     chat.add_argument("--base", action="store_true", help="chat with the base model instead of the trained one")
     chat.add_argument("--max-new-tokens", type=int, help="longest reply (default: the recipe's eval.max_new_tokens)")
@@ -317,6 +328,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="sampling temperature with top_p 0.95 (default 0.6); 0 for greedy")
     chat.set_defaults(command=chat_command)
     return parser
+
+
+def _after_training_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="eval.key=value",
+                        help="change the run's eval settings, e.g. eval.max_new_tokens=2048 (checked like training's)")
 
 
 def _recipe_args(parser: argparse.ArgumentParser) -> None:

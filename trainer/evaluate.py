@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from trainer.generate import generate, history_of
 from trainer.hardware import Hardware, detect
 from trainer.metrics import corpus_scores, label_match, perplexity, rouge_bleu, think_format_ok
 from trainer.model import base_path, choose_backend, load_for_inference, start_engine
+from trainer.modelcard import write_model_card
 from trainer.r1 import split_reasoning
 from trainer.recipe import load_resolved
 from trainer.runs import RunFolder, resolve_run, write_json, write_text
@@ -60,13 +61,14 @@ class Outputs:
         return self.loss_sum / self.loss_tokens if self.loss_tokens else None
 
 
-def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], None] | None = None) -> dict:
+def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], None] | None = None,
+             overrides: Sequence[str] = ()) -> dict:
     """Evaluate a finished run; writes predictions.jsonl, eval_metrics.json and report.md into it."""
-    from trainer.report import render_report
+    from trainer.report import answer_kind, render_report
 
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
     run_dir = resolve_run(run).require_finished().path
-    recipe = load_resolved(run_dir)
+    recipe = load_resolved(run_dir, overrides)
     n = samples if samples is not None else recipe.eval.samples
     if n < 1:
         raise UserError(f"--samples must be at least 1, got {n}", where="command line")
@@ -95,6 +97,7 @@ def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], N
     metrics = {
         "run": str(run_dir), "recipe": recipe.name, "base": recipe.model.base, "samples": len(items),
         "max_new_tokens": recipe.eval.max_new_tokens, "decoding": "greedy", "before_cache_key": key,
+        "answers": answer_kind(recipe.data.format, references),
         "before": aggregate(rows_before, references, before.loss),
         "after": aggregate(rows_after, references, after.loss),
     }
@@ -106,6 +109,7 @@ def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], N
                "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
     write_json(run.eval_metrics, metrics)
     write_text(run.report, render_report(run_dir, recipe, metrics, predictions))
+    write_model_card(run_dir, recipe)  # now with the before/after table
     return metrics
 
 

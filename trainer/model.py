@@ -57,8 +57,34 @@ def start_engine(recipe: Recipe, hardware: Hardware) -> str:
         # warns on every CPU run that it found no accelerator.
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if backend == "unsloth":
+        ignore_torchao_syntax_warnings()
         import unsloth  # noqa: F401
+    hide_weight_loading_bar()
     return backend
+
+
+def ignore_torchao_syntax_warnings() -> None:
+    """torchao (imported by Unsloth) has regex strings with invalid escapes; Python warns about each one while
+    compiling its modules, a screen of SyntaxWarnings that say nothing about this run."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=SyntaxWarning, module=r".*torchao")
+
+
+LIBRARY_BARS = ("Loading weights",)
+"""transformers' own progress bars that come before ours and tell a user nothing (a model loads in seconds and
+the next line says so); downloads keep theirs."""
+
+
+def hide_weight_loading_bar() -> None:
+    from transformers.utils import logging as hf_logging
+
+    def hook(factory, args, kwargs):
+        if str(kwargs.get("desc", "")).startswith(LIBRARY_BARS):
+            return hf_logging.EmptyTqdm(*args, **kwargs)
+        return factory(*args, **kwargs)
+
+    hf_logging.set_tqdm_hook(hook)
 
 
 def training_backend(recipe: Recipe, hardware: Hardware) -> str:
@@ -124,7 +150,24 @@ def load_for_training(recipe: Recipe, hardware: Hardware, tokenizer) -> Loaded:
         model = _unsloth_model(recipe, hardware)
     else:
         model = _transformers_model(recipe, hardware)
+    align_token_ids(model, tokenizer)
     return Loaded(model, tokenizer, backend)
+
+
+def align_token_ids(model, tokenizer) -> None:
+    """Give the model's config and generation config the tokenizer's pad, bos and eos ids.
+
+    The Trainer does the same, but warns "The tokenizer has new PAD/BOS/EOS tokens" on every run: our pad is
+    deliberately not R1's (eos), see `set_distinct_pad`. The generation config keeps its other eos ids.
+    """
+    generation = getattr(model, "generation_config", None)
+    for config in filter(None, (model.config, generation)):
+        config.pad_token_id, config.bos_token_id = tokenizer.pad_token_id, tokenizer.bos_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    if generation is not None:
+        eos = generation.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        generation.eos_token_id = eos if tokenizer.eos_token_id in eos else [tokenizer.eos_token_id, *eos]
 
 
 def _unsloth_model(recipe: Recipe, hardware: Hardware):

@@ -102,15 +102,33 @@ def load_recipe(path: Path, overrides: Sequence[str] = (), hardware: Hardware | 
     return recipe
 
 
-def load_resolved(run_dir: Path) -> Recipe:
-    """The recipe a run was made with, read back from its folder."""
+AFTER_TRAINING = ("eval",)
+"""Sections a finished run's recipe may still change on the command line (`make eval/chat ARGS=...`); the
+others describe how the weights were made."""
+
+
+def load_resolved(run_dir: Path, overrides: Sequence[str] = ()) -> Recipe:
+    """The recipe a run was made with, read back from its folder, with `eval.*` overrides applied and checked
+    as `load_recipe` checks them."""
     path = Path(run_dir) / RESOLVED_NAME
     if not path.is_file():
         raise UserError("no resolved recipe here: not a run folder", where=str(path),
                         fix="pass a folder made by `make train`, e.g. RUN=runs/<recipe>-<time>")
     raw, lines = read_yaml(path)
+    origin = _Origins(str(path), lines)
     problems: list[str] = []
-    recipe = _build(Recipe, raw, (), _Origins(str(path), lines), problems)
+    for key, value in (parse_override(text) for text in overrides):
+        origin.mark_override(key, value)
+        if key.split(".")[0] not in AFTER_TRAINING:
+            allowed = ", ".join(f"{section}.*" for section in AFTER_TRAINING)
+            problems.append(f"{origin.where(tuple(key.split('.')))}: {key} was fixed when the run was trained; "
+                            f"only {allowed} can change here (e.g. eval.max_new_tokens=2048)")
+            continue
+        _set(raw, key, value)
+    recipe = _build(Recipe, raw, (), origin, problems)
+    if recipe is not None:
+        problems += [f"{origin.where(tuple(k.split('.')))}: {k}: {msg}" for k, msg in schema.check(recipe)
+                     if k.split(".")[0] in AFTER_TRAINING and tuple(k.split(".")) not in origin.bad]
     if problems:
         raise ConfigError(problems)
     return recipe

@@ -25,6 +25,16 @@ ROWS = (
     ("reasoning_tokens", "reasoning length (tokens)", "length", 0),
     ("answer_tokens", "answer length (tokens)", "length", 0),
 )
+ANSWER_SCORES = {
+    "labels": ("accuracy",),
+    "short": ("accuracy", "rouge-1", "rouge-l"),
+    "text": ("rouge-1", "rouge-2", "rouge-l", "bleu-4"),
+}
+"""Answer scores shown for each kind of reference answer: a label is right or wrong (n-gram overlap of one word
+says nothing more); short free answers (a word, a number) get exact match and unigram/longest-common overlap,
+but not bigram or 4-gram scores they are too short for; longer text gets ROUGE and BLEU, never exact match."""
+SHORT_WORDS, SHORT_CHARS = 3, 32
+"""A reference answer is short when it is one line of at most this many words and characters."""
 SIDE_BY_SIDE = 5
 """Eval rows shown with their answers in the report (the first ones, not picked)."""
 REASONING_CHARS = 160
@@ -32,11 +42,29 @@ ANSWER_CHARS = 400
 QUESTION_CHARS = 300
 
 
+def answer_kind(data_format: str, references: list[str]) -> str:
+    """`labels` (classification, or a few short answers repeated), `short` (short but varied) or `text`."""
+    if data_format == "classification":
+        return "labels"
+    short = all("\n" not in r.strip() and len(r.split()) <= SHORT_WORDS and len(r.strip()) <= SHORT_CHARS
+                for r in references)
+    if not short:
+        return "text"
+    return "labels" if 2 * len(set(r.strip().lower() for r in references)) <= len(references) else "short"
+
+
+def shown_rows(kind: str | None) -> list[tuple]:
+    """The table's rows for a kind of answer (all of them for metrics written before kinds existed)."""
+    scores = {key for keys in ANSWER_SCORES.values() for key in keys}
+    keep = set(ANSWER_SCORES.get(kind, scores))
+    return [row for row in ROWS if row[0] not in scores or row[0] in keep]
+
+
 def metric_table(metrics: dict) -> str:
     """The before/after table as Markdown, one row per metric, with the change and whether it helped."""
     before, after = metrics["before"], metrics["after"]
     lines = ["| metric | before (base) | after (trained) | change |", "|---|---:|---:|---:|"]
-    for key, label, kind, better in ROWS:
+    for key, label, kind, better in shown_rows(metrics.get("answers")):
         b, a = before.get(key), after.get(key)
         lines.append(f"| {label} | {_value(b, kind)} | {_value(a, kind)} | {_change(b, a, kind, better)} |")
     return "\n".join(lines)
@@ -56,7 +84,7 @@ def render_report(run_dir: Path, recipe: Recipe, metrics: dict, predictions: lis
         "",
         metric_table(metrics),
         "",
-        _notes(recipe),
+        _notes(recipe, metrics.get("answers")),
         "",
         "## Training",
         "",
@@ -73,12 +101,20 @@ def render_report(run_dir: Path, recipe: Recipe, metrics: dict, predictions: lis
     return "\n".join(parts).rstrip() + "\n"
 
 
-def _notes(recipe: Recipe) -> str:
+def _notes(recipe: Recipe, kind: str | None) -> str:
     notes = [("Rates and ROUGE/BLEU are percentages; the change of a rate is in percentage points; "
               "▲ marks a change for the better, ▼ for the worse."),
-             "Eval loss is the mean cross-entropy over the trained tokens (reasoning and answer) of the same rows."]
-    notes.append("Exact match compares the whole answer with the reference: meaningful when answers are short "
-                 "labels (classification); for free-form answers read ROUGE and BLEU.")
+             "Eval loss is the mean cross-entropy over the trained tokens (reasoning and answer) of the same rows.",
+             ("The perplexity change is a ratio (after / before): perplexities span orders of magnitude, so their "
+              "difference says little.")]
+    notes.append({
+        "labels": "Answers are labels: exact match (after normalising case and edge punctuation) is the score.",
+        "short": ("Answers are short: exact match, plus ROUGE-1 and ROUGE-L for partly right answers (bigram and "
+                  "4-gram scores are left out: the answers are too short for them)."),
+        "text": ("Answers are free text: ROUGE and BLEU measure overlap with the reference; exact match is left "
+                 "out (a correct free-form answer rarely equals the reference word for word)."),
+    }.get(kind, "Exact match compares the whole answer with the reference: meaningful for short labels; for "
+                "free-form answers read ROUGE and BLEU."))
     if recipe.model.base == "tiny":
         notes.append("This run used the embedded tiny test model: the numbers prove the pipeline, "
                      "not the model.")
@@ -138,7 +174,9 @@ def _value(value, kind: str) -> str:
     if kind == "loss":
         return f"{value:.4f}"
     if kind == "ppl":
-        return f"{value:,.2f}" if math.isfinite(value) else "inf"
+        if not math.isfinite(value):
+            return "inf"
+        return f"{value:,.2f}" if value < 1e5 else f"{value:.3g}"
     return f"{value:.1f}"
 
 
@@ -146,18 +184,29 @@ def _change(before, after, kind: str, better: int) -> str:
     if before is None or after is None or not (math.isfinite(before) and math.isfinite(after)):
         return "n/a"
     diff = after - before
+    if kind == "ppl":
+        return _ratio(before, after, better)
     if kind == "rate":
         text = f"{100 * diff:+.1f} pts"
     elif kind == "loss":
         text = f"{diff:+.4f}"
-    elif kind == "ppl":
-        text = f"{diff:+,.2f}"
     elif kind == "score":
         text = f"{diff:+.2f}"
     else:
         text = f"{diff:+.1f}"
     if better and abs(diff) > 1e-12:
         text += " ▲" if diff * better > 0 else " ▼"
+    return text
+
+
+def _ratio(before: float, after: float, better: int) -> str:
+    """`×0.52` (after / before), or `÷8,130` when after is under a hundredth of before."""
+    if before <= 0 or after <= 0:
+        return "n/a"
+    ratio = after / before
+    text = f"÷{1 / ratio:,.0f}" if ratio < 0.01 else f"×{ratio:,.3g}"
+    if better and abs(ratio - 1) > 1e-12:
+        text += " ▲" if (ratio - 1) * better > 0 else " ▼"
     return text
 
 

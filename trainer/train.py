@@ -23,6 +23,7 @@ from trainer.distributed import is_main, launched, wait_for_everyone, world_size
 from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.model import Loaded, lora_scale, trainable_summary
+from trainer.modelcard import write_model_card
 from trainer.plots import plot_loss
 from trainer.progress import ProgressBar, TokenCounter
 from trainer.runs import RunFolder, RunLog, latest_checkpoint, write_json
@@ -68,12 +69,23 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
     metrics["engine"] = engine_of(trainer)
     if recipe.train.method == "lora":
         metrics["lora_scale"] = lora_scale(loaded.model)  # what the merge multiplies B @ A by
+    metrics["examples"] = {"train": len(prepared.train), "eval": len(prepared.eval)}
     if is_main():
         run = RunFolder(run_dir)
         trainer.state.save_to_json(str(run.trainer_state))
         write_json(run.metrics, metrics)
         plot_loss(trainer.state.log_history, run.loss_curve, f"{recipe.name}: {recipe.model.base}")
+        write_model_card(run_dir, recipe)  # replaces PEFT's template README
+        remove_if_empty(run.checkpoints)
     return metrics
+
+
+def remove_if_empty(folder: Path) -> None:
+    """The Trainer makes its output folder even when no checkpoint is saved; an empty folder only misleads."""
+    try:
+        folder.rmdir()
+    except OSError:  # missing, or it holds checkpoints
+        pass
 
 
 class NonFiniteGuard(TrainerCallback):
@@ -203,7 +215,7 @@ def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: 
     callbacks = []
     if recipe.train.early_stopping_patience and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
-    with packing_warnings_checked(loaded.model):
+    with packing_warnings_checked(loaded.model), dataset_bars_hidden():
         trainer = SFTTrainer(
             model=loaded.model, args=args, processing_class=loaded.tokenizer,
             train_dataset=_dataset(Dataset, prepared.train),
@@ -215,6 +227,22 @@ def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: 
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressBar(counter, log, RunFolder(run_dir) if is_main() else None))
     return trainer, counter
+
+
+@contextmanager
+def dataset_bars_hidden():
+    """TRL runs `datasets.map` over our already encoded rows ("Truncating", "Dropping fully masked examples"):
+    four progress bars of a step that takes a second and changes nothing. Hub dataset downloads keep theirs."""
+    from datasets.utils import tqdm as ds_tqdm
+
+    was_on = not ds_tqdm.are_progress_bars_disabled()
+    if was_on:
+        ds_tqdm.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            ds_tqdm.enable_progress_bars()
 
 
 PACKING_CHECKED_ATTENTION = ("sdpa", "eager")
