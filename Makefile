@@ -1,6 +1,7 @@
 # Fine-tune DeepSeek-R1-Distill on your data. Every target sets up .venv first when needed.
 #   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."] [RESUME=1] [GPUS=N]
 #   make preview RECIPE=news          make eval / chat / gguf [RUN=runs/<run>]          make test
+#   make serve [RUN=runs/<run>] [QUANT=q8_0] [PORT=8000] [HOST=0.0.0.0 API_KEY=<secret>]   (OpenAI-compatible API)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,6 +13,7 @@ ARGS ?=
 QUANT ?=
 GPUS ?=
 N ?=
+PORT ?= 8000
 
 # On a CPU every step allocates and frees logits 151,936 tokens wide; by default glibc hands those blocks back to
 # the kernel and faults them in again each time (40% of the time in system calls). Keeping them in the heap makes
@@ -22,7 +24,7 @@ comma := ,
 CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := dev$(if $(CUDA),$(comma)gpu)
 
-.PHONY: setup setup-export train preview eval chat gguf chat-gguf test bench clean
+.PHONY: setup setup-export train preview eval chat gguf chat-gguf serve test bench clean
 
 setup: $(VENV)/.core
 setup-export: $(VENV)/.export
@@ -33,9 +35,12 @@ $(VENV)/.core: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-# llama-cpp-python compiles llama.cpp (several minutes, once); only export and its tests need it.
+# llama.cpp is compiled once, with cmake, progress shown (tools, llama-server and libllama into ~/.cache/r1-tune;
+# about 10 minutes on 2 cores); llama-cpp-python is then installed without compiling its own copy and loads that
+# library. CMAKE_ARGS (e.g. -DGGML_CUDA=ON) goes to that build. Only export, serve and their tests need it.
 $(VENV)/.export: $(VENV)/.core
-	CMAKE_ARGS="-DGGML_NATIVE=OFF $(CMAKE_ARGS)" $(PY) -m pip install --quiet -e ".[export]"
+	$(PY) -m export setup
+	$(PY) -m pip install --quiet -e ".[export]"
 	touch $@
 
 train: setup
@@ -54,7 +59,12 @@ gguf: setup-export
 	$(PY) -m export gguf $(RUN) $(if $(QUANT),--quant $(QUANT)) $(ARGS)
 
 chat-gguf: setup-export
-	$(PY) -m export chat $(RUN) $(ARGS)
+	$(PY) -m export chat $(RUN) $(if $(QUANT),--quant $(QUANT)) $(ARGS)
+
+# HOST is taken from the command line only (some shells export a HOST of their own); API_KEY from the environment.
+serve: setup-export
+	$(PY) -m export serve $(RUN) $(if $(QUANT),--quant $(QUANT)) --port $(PORT) \
+		$(if $(filter command line,$(origin HOST)),--host $(HOST)) $(ARGS)
 
 test: setup setup-export
 	$(PY) -m pytest -q

@@ -40,14 +40,15 @@ def llama_stream(llm, max_new_tokens: int, temperature: float):
     return stream
 
 
-def run_gguf_chat(gguf: Path, prompt: str | None, max_new_tokens: int, temperature: float,
+def run_gguf_chat(gguf: Path, prompt: str | None, max_new_tokens: int, temperature: float, context: int = 4096,
                   stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    from llama_cpp import Llama
+    """Chat in `context` tokens (prompt, history and reply; the run's model.max_seq_length for a run's file)."""
+    from export.llamacpp import load_llama_cpp
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     if not gguf.is_file():
         raise UserError("GGUF file not found", where=str(gguf), fix="run `make gguf RUN=...` first")
-    llm = Llama(model_path=str(gguf), n_ctx=max_new_tokens + 2048, verbose=False, seed=0)
+    llm = load_llama_cpp().Llama(model_path=str(gguf), n_ctx=context, verbose=False, seed=0)
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         raise UserError("this GGUF has no chat template", where=str(gguf), fix="export it with `make gguf`")
@@ -57,5 +58,6 @@ def run_gguf_chat(gguf: Path, prompt: str | None, max_new_tokens: int, temperatu
     if prompt is not None:
         session.ask(prompt, Printer(stdout, color))
         return 0
-    print(f"{gguf.name}: temperature {temperature}, up to {max_new_tokens} new tokens. {HELP}", file=sys.stderr)
+    print(f"{gguf.name}: temperature {temperature}, up to {max_new_tokens} new tokens in a {context}-token context. "
+          f"{HELP}", file=sys.stderr)
     return repl(session, stdin, stdout, color)
