@@ -32,6 +32,9 @@ def llama_stream(llm, max_new_tokens: int, temperature: float):
 
     def stream(prompt: str):
         tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        if len(tokens) >= llm.n_ctx():
+            raise UserError(f"the conversation ({len(tokens)} tokens) no longer fits in the {llm.n_ctx()}-token "
+                            "context", fix="/reset clears the history")
         pieces = llm.create_completion(tokens, max_tokens=max_new_tokens, temperature=temperature, top_p=TOP_P,
                                        stream=True, stop=[])
         for piece in pieces:
@@ -40,8 +43,8 @@ def llama_stream(llm, max_new_tokens: int, temperature: float):
     return stream
 
 
-def run_gguf_chat(gguf: Path, prompt: str | None, max_new_tokens: int, temperature: float, context: int = 4096,
-                  stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+def run_gguf_chat(gguf: Path, prompt: str | None, max_new_tokens: int, temperature: float,
+                  stdin: TextIO | None = None, stdout: TextIO | None = None, *, context: int = 4096) -> int:
     """Chat in `context` tokens (prompt, history and reply; the run's model.max_seq_length for a run's file)."""
     from export.llamacpp import load_llama_cpp
 
@@ -58,6 +61,5 @@ def run_gguf_chat(gguf: Path, prompt: str | None, max_new_tokens: int, temperatu
     if prompt is not None:
         session.ask(prompt, Printer(stdout, color))
         return 0
-    print(f"{gguf.name}: temperature {temperature}, up to {max_new_tokens} new tokens in a {context}-token context. "
-          f"{HELP}", file=sys.stderr)
+    print(f"{gguf.name}: temperature {temperature}, up to {max_new_tokens} new tokens. {HELP}", file=sys.stderr)
     return repl(session, stdin, stdout, color)

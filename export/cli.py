@@ -72,13 +72,13 @@ def chat_command(args) -> int:
     if target.is_dir():  # a run folder: the file `make gguf` verified last, or QUANT=
         run_dir = require_complete(target)
         chosen = require_gguf(run_dir, args.quant)
-        gguf = chosen.path
-        print(f"chatting with {describe(chosen)}", file=sys.stderr)
+        gguf, which = chosen.path, describe(chosen)
     else:
-        gguf, run_dir = target, run_of_gguf(target)
+        gguf, run_dir, which = target, run_of_gguf(target), str(target)
     recipe = load_resolved(run_dir) if run_dir is not None else None
     context = context_length(recipe) if recipe else DEFAULT_CONTEXT
     limit = args.max_new_tokens or (recipe.eval.max_new_tokens if recipe else 1024)
+    print(f"chatting with {which}: up to {limit} new tokens in a {context}-token context", file=sys.stderr)
     return run_gguf_chat(gguf, args.prompt, limit, args.temperature, context=context)
 
 
