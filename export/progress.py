@@ -67,8 +67,8 @@ class BuildProgress:
 
     def text(self) -> str:
         spent = int(time.monotonic() - self.started)
-        done = "starting" if self.percent is None else f"{self.percent}%"
-        return f"  {self.label}: {done} ({spent // 60} min {spent % 60:02d} s)"
+        done = "" if self.percent is None else f"{self.percent}% done, "
+        return f"  {self.label}: {done}{spent // 60} min {spent % 60:02d} s"
 
     def _tick(self) -> None:
         while not self._stop.wait(self.interval):

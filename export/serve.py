@@ -159,6 +159,7 @@ class RunningServer:
     def _wait_ready(self) -> None:
         """Poll `/health` (200 once the model is loaded, 503 while loading) until it answers or the server exits."""
         health = f"http://{_url_host(self.settings.host)}:{self.port}/health"
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an http_proxy
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             code = self.process.poll()
@@ -166,7 +167,7 @@ class RunningServer:
                 raise UserError(f"llama-server stopped while starting (exit code {code}):\n{self.log_tail()}",
                                 where=str(self.log_path), fix="read that log")
             try:
-                with urllib.request.urlopen(health, timeout=2) as reply:
+                with direct.open(health, timeout=2) as reply:
                     if reply.status == 200:
                         return
             except (urllib.error.URLError, OSError):

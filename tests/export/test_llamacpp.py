@@ -109,8 +109,8 @@ def test_progress_into_a_log_writes_a_line_per_tenth_and_never_goes_back() -> No
         for line in ["[1/100] a", "[5/100] b", "[ 12%] c", "[ 3%] stepping back", "[35/100] d", "[36/100] e",
                      "noise", "[100/100] z"]:
             progress.feed(line)
-    shown = [line.split(": ")[1].split(" ")[0] for line in out.getvalue().splitlines()]
-    assert shown == ["starting", "1%", "12%", "35%", "100%"]
+    shown = [line.split(": ")[1].split(" done")[0] for line in out.getvalue().splitlines()]
+    assert shown == ["0 min 00 s", "1%", "12%", "35%", "100%"]
 
 
 def test_progress_is_kept_alive_while_the_compiler_is_silent() -> None:
