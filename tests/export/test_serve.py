@@ -1,7 +1,8 @@
-"""`make serve` on a real (tiny, CPU) run, through the official `openai` client, as a user's program would call it.
+"""`make serve` on a real (tiny, CPU) model, through the official `openai` client, as a user's program calls it.
 
-Needs llama.cpp's build (llama-server) like the other `llamacpp` tests. The module trains a 12-step tiny run and
-starts `python -m export serve` on it once: the run has no GGUF yet, so that also exports one first.
+Needs llama.cpp's build (llama-server) like the other `llamacpp` tests. The module makes a finished run folder
+holding the tiny model's f16 GGUF (training is not needed: the server reads only the GGUF and the recipe; the
+export-first path is tested without a server in test_serve_settings.py) and starts `python -m export serve` on it.
 
 The tiny model is nearly random and would rarely write `</think>` by itself, so requests set llama-server's
 `reasoning_budget_tokens`: after that many reasoning tokens the server makes the model write `</think>`, and the
@@ -117,14 +118,18 @@ def gone(pid: int, timeout: float = 10) -> bool:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A finished news run on the tiny model, without any GGUF yet."""
-    out = tmp_path_factory.mktemp("runs")
-    done = subprocess.run([sys.executable, "-m", "trainer", "train", "news", "profile=cpu", "train.max_steps=12",
-                           "train.eval_steps=null", "data.val_size=0", f"train.output_dir={out}"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (run_dir,) = out.glob("news-*")
+def trained(tiny_path: Path, tmp_path_factory) -> Path:
+    """A finished run folder of the news recipe (cpu profile) whose GGUF is the tiny model's, as `make gguf` leaves it."""
+    from export.gguf import convert
+    from trainer.recipe import RESOLVED_NAME, find_recipe, load_recipe, save_resolved
+    from trainer.runs import COMPLETE
+    from trainer.template import r1_chat_template
+
+    run_dir = tmp_path_factory.mktemp("runs") / "news-20261130-120000"
+    (run_dir / "gguf").mkdir(parents=True)
+    save_resolved(load_recipe(find_recipe("news", ROOT / "recipes"), ["profile=cpu"]), run_dir / RESOLVED_NAME)
+    convert(tiny_path, run_dir / "gguf" / f"{run_dir.name}-f16.gguf", "f16", chat_template=r1_chat_template())
+    (run_dir / COMPLETE).write_text("")
     return run_dir
 
 
@@ -160,11 +165,9 @@ def post(url: str, body: bytes, key: str | None = KEY) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def test_a_run_without_gguf_is_exported_first_and_the_banner_says_how_to_call_it(served, trained):
+def test_the_banner_names_the_file_and_says_how_to_call_it(served, trained):
     cli, banner, base_url = served
-    assert "has no GGUF yet: exporting it first" in "".join(cli.err)
-    gguf = sorted((trained / "gguf").glob("*.gguf"))
-    assert gguf and f"starting llama-server on {trained / 'gguf'}" in "".join(cli.err)
+    assert f"starting llama-server on {trained / 'gguf' / trained.name}-f16.gguf" in "".join(cli.err)
     assert base_url in banner and repr(trained.name) in banner and 'os.environ["API_KEY"]' in banner
     assert KEY not in banner + "".join(cli.err)
     assert len(cli.server_pids()) == 1
@@ -262,10 +265,10 @@ def test_ctrl_c_stops_the_server_and_leaves_no_process(served):
         urllib.request.urlopen(base_url.removesuffix("/v1") + "/health", timeout=5)
 
 
-def test_sigterm_stops_it_too_and_the_file_is_served_again_without_exporting(trained):
+def test_sigterm_stops_it_too(trained):
     cli = Cli.start(str(trained), "--port", str(free_port()))
     banner = cli.banner(timeout=300)
-    assert "exporting" not in "".join(cli.err) and "requests need the API_KEY" not in banner
+    assert "requests need the API_KEY" not in banner
     (server_pid,) = cli.server_pids()
     assert cli.interrupt(signal.SIGTERM) == 0
     assert gone(server_pid)

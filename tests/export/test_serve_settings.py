@@ -149,3 +149,65 @@ def test_make_serve_takes_host_from_the_command_line_only() -> None:
     assert "--host" not in make_dry_run(env={"HOST": "my-laptop"})  # zsh and others export a HOST of their own
     assert "--port 8000" in make_dry_run() and "--port 9001" in make_dry_run("PORT=9001")
     assert "--quant q8_0" in make_dry_run("QUANT=q8_0")
+
+
+def finished_run(tmp_path: Path) -> Path:
+    from trainer.recipe import RESOLVED_NAME, find_recipe, load_recipe, save_resolved
+    from trainer.runs import COMPLETE
+
+    run_dir = tmp_path / "runs" / "news-20261130-120000"
+    run_dir.mkdir(parents=True)
+    save_resolved(load_recipe(find_recipe("news", ROOT / "recipes"), ["profile=cpu"]), run_dir / RESOLVED_NAME)
+    (run_dir / COMPLETE).write_text("")
+    return run_dir
+
+
+class RecordedServer:
+    """Stands in for llama-server (the real one is tested in test_serve.py): records what it was asked to serve."""
+
+    started: list = []
+
+    def __init__(self, settings, log_path):
+        self.started.append(settings)
+        self.base_url, self.log_path, self.stopped = "http://127.0.0.1:1/v1", log_path, False
+
+    def wait(self):
+        raise KeyboardInterrupt  # the user presses Ctrl-C
+
+    def stop(self):
+        self.stopped = True
+
+
+def test_serve_exports_a_run_without_gguf_first_says_so_then_serves_that_file(tmp_path, monkeypatch, capsys):
+    run_dir = finished_run(tmp_path)
+    exported = []
+
+    def export_gguf(run, quant, verify=True):
+        exported.append((run, quant))
+        made = run / "gguf" / f"{run.name}-q4_k_m.gguf"
+        made.parent.mkdir(exist_ok=True)
+        made.write_bytes(b"GGUF")
+        return 0
+
+    monkeypatch.setattr(cli, "export_gguf", export_gguf)
+    monkeypatch.setattr(serve, "RunningServer", RecordedServer)
+    monkeypatch.setattr(cli, "_stop_on_signals", lambda: None)
+    RecordedServer.started = []
+    assert cli.main(["serve", str(run_dir), "--port", "0"]) == 0
+    err = capsys.readouterr().err
+    assert exported == [(run_dir, None)] and "has no GGUF yet: exporting it first" in err
+    (settings,) = RecordedServer.started
+    assert settings.gguf == run_dir / "gguf" / f"{run_dir.name}-q4_k_m.gguf" and settings.alias == run_dir.name
+    import yaml
+
+    news = yaml.safe_load((ROOT / "recipes" / "news.yaml").read_text("utf-8"))
+    assert settings.context == news["profiles"]["cpu"]["model"]["max_seq_length"]  # the recipe's, not a default
+    assert "llama-server stopped" in err
+
+
+def test_serve_refuses_the_network_without_a_key_before_exporting(tmp_path, monkeypatch, capsys):
+    run_dir = finished_run(tmp_path)
+    monkeypatch.delenv("API_KEY", raising=False)
+    monkeypatch.setattr(cli, "export_gguf", lambda *a, **k: pytest.fail("must not export"))
+    assert cli.main(["serve", str(run_dir), "--host", "0.0.0.0"]) == 2
+    assert "needs API_KEY" in capsys.readouterr().err
