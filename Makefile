@@ -2,6 +2,7 @@
 #   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."] [RESUME=1] [GPUS=N]
 #   make preview RECIPE=news          make eval / chat / gguf [RUN=runs/<run>]          make test
 #   make webui [PORT=7860] [HOST=127.0.0.1 WEBUI_AUTH=user:password]
+#   make serve [RUN=runs/<run>] [QUANT=q8_0] [PORT=8000] [HOST=0.0.0.0 API_KEY=<secret>]   (OpenAI-compatible API)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -20,6 +21,10 @@ HOST ?=
 # The variables above reach the commands as data, never as shell text: each is taken as written ($(value): make
 # expands nothing in it), exported, and read by trainer/makeargs.py, which builds the argument list (ARGS split
 # into words like a shell would, without running anything). A target's recipe line is `$(STAGE) <target>`.
+# HOST counts only when given on make's command line: some shells export a HOST (the machine's name) of their own.
+ifneq ($(origin HOST),command line)
+HOST :=
+endif
 USER_VARS := RECIPE GPU RUN ARGS QUANT GPUS N RESUME PORT HOST
 $(foreach v,$(USER_VARS),$(eval override $(v) := $$(value $(v))))
 export $(USER_VARS)
@@ -34,7 +39,7 @@ comma := ,
 CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := dev$(if $(CUDA),$(comma)gpu)
 
-.PHONY: setup setup-export train preview eval chat gguf chat-gguf webui test bench clean
+.PHONY: setup setup-export train preview eval chat gguf chat-gguf webui serve test bench clean
 
 setup: $(VENV)/.core
 setup-export: $(VENV)/.export
@@ -45,9 +50,12 @@ $(VENV)/.core: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
-# llama-cpp-python compiles llama.cpp (several minutes, once); only export and its tests need it.
+# llama.cpp is compiled once, with cmake, progress shown (tools, llama-server and libllama into ~/.cache/r1-tune;
+# about 10 minutes on 2 cores); llama-cpp-python is then installed without compiling its own copy and loads that
+# library. CMAKE_ARGS (e.g. -DGGML_CUDA=ON) goes to that build. Only export, serve and their tests need it.
 $(VENV)/.export: $(VENV)/.core
-	CMAKE_ARGS="-DGGML_NATIVE=OFF $(CMAKE_ARGS)" $(PY) -m pip install --quiet -e ".[export]"
+	$(PY) -m export setup
+	$(PY) -m pip install --quiet -e ".[export]"
 	touch $@
 
 train: setup
@@ -71,6 +79,10 @@ chat-gguf: setup-export
 # The web UI starts the same commands as the targets above; export and GGUF chat need setup-export.
 webui: setup-export
 	$(STAGE) webui
+
+# API_KEY is read from the environment by the server command itself.
+serve: setup-export
+	$(STAGE) serve
 
 test: setup setup-export
 	$(PY) -m pytest -q

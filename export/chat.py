@@ -37,6 +37,9 @@ class LlamaGeneration:
         self.ending: Ending | None = None
 
     def __iter__(self):
+        if len(self.tokens) >= self.llm.n_ctx():
+            raise UserError(f"the conversation ({len(self.tokens)} tokens) no longer fits in the "
+                            f"{self.llm.n_ctx()}-token context", fix="/reset clears the history")
         reason = None
         for piece in self.llm.create_completion(self.tokens, max_tokens=self.max_new_tokens,
                                                 temperature=self.temperature, top_p=TOP_P, stream=True, stop=[]):
@@ -54,13 +57,14 @@ def llama_stream(llm, max_new_tokens: int, temperature: float):
 
 
 def run_gguf_chat(gguf: Path, prompt: str | None, max_new_tokens: int, temperature: float,
-                  stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    from llama_cpp import Llama
+                  stdin: TextIO | None = None, stdout: TextIO | None = None, *, context: int = 4096) -> int:
+    """Chat in `context` tokens (prompt, history and reply; the run's model.max_seq_length for a run's file)."""
+    from export.llamacpp import load_llama_cpp
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     if not gguf.is_file():
         raise UserError("GGUF file not found", where=str(gguf), fix="run `make gguf RUN=...` first")
-    llm = Llama(model_path=str(gguf), n_ctx=max_new_tokens + 2048, verbose=False, seed=0)
+    llm = load_llama_cpp().Llama(model_path=str(gguf), n_ctx=context, verbose=False, seed=0)
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         raise UserError("this GGUF has no chat template", where=str(gguf), fix="export it with `make gguf`")

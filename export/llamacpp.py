@@ -1,33 +1,47 @@
-"""llama.cpp's tools, built once from the pinned llama-cpp-python source distribution.
+"""llama.cpp, compiled once from the pinned llama-cpp-python source distribution: tools and shared library.
 
-The build goes into `cache_dir() / "llama.cpp-build-<version>"` through `trainer.cache.building`, so a crash or a
-failed compile leaves nothing under the final name and the next call starts over; a finished build is reused.
+One cmake build makes the tools the export and the server run (llama-quantize, llama-cli, llama-completion,
+llama-perplexity, llama-server) and `libllama`, the library llama-cpp-python loads (`LLAMA_CPP_LIB_PATH`, set by
+`load_llama_cpp`), so llama.cpp is compiled once, not once more inside `pip install llama-cpp-python`.
+It goes into `build_dir()` through `trainer.cache.building`, so a crash or a failed compile leaves nothing under the
+final name and the next call starts over; a finished build is reused.
 """
 from __future__ import annotations
 
 import os
-import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
+from export.progress import BuildProgress
 from trainer.cache import building, cache_dir
 from trainer.errors import UserError
 from trainer.vendor import LLAMA_CPP_PYTHON_VERSION, llama_cpp_source
 
-TARGETS = ("llama-quantize", "llama-cli", "llama-completion")
-"""Binaries the export needs: quantization, the chat CLI users are told to run, and plain completion for scripts."""
+TARGETS = ("llama-quantize", "llama-cli", "llama-completion", "llama-perplexity", "llama-server")
+"""Binaries: quantization, the chat CLI users are told to run, plain completion for scripts, perplexity for GGUF
+checks, and the OpenAI-compatible server of `make serve`."""
+
+LIBRARY = "llama"
+"""The shared library target llama-cpp-python loads (its ggml libraries are built with it)."""
+
+_RPATH = "@loader_path" if sys.platform == "darwin" else "$ORIGIN"
 
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release",
     # Portable binaries: the cache may be shared between machines with different CPUs.
     "-DGGML_NATIVE=OFF",
-    # llama and ggml linked into each binary, so they keep working after `building()` renames the build folder
-    # (shared libraries would be found through an RPATH into the temporary name).
-    "-DBUILD_SHARED_LIBS=OFF",
+    # Shared libraries, so llama-cpp-python can load the same libllama the tools use. llama.cpp puts binaries and
+    # libraries together in bin/, and an RPATH relative to the binary ($ORIGIN) keeps them finding each other after
+    # `building()` renames the folder (the default RPATH would point into the temporary name).
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+    f"-DCMAKE_INSTALL_RPATH={_RPATH}",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_TOOLS=ON",
@@ -39,9 +53,12 @@ CMAKE_OPTIONS = (
     "-DLLAMA_USE_PREBUILT_UI=OFF",
     # HTTPS model download is not used here and would need OpenSSL headers.
     "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_CURL=OFF",
 )
 
 LOG_NAME = "build.log"
+OPTIONS_NAME = "cmake-options.txt"
+"""The extra options (`CMAKE_ARGS`) a build was made with, so a setup asking for other ones builds again."""
 
 
 @dataclass(frozen=True)
@@ -53,11 +70,18 @@ class LlamaCppTools:
     quantize: Path
     cli: Path
     completion: Path
+    perplexity: Path
+    server: Path
+    lib_dir: Path
+    """The folder holding libllama (and its ggml libraries): llama-cpp-python's `LLAMA_CPP_LIB_PATH`."""
 
 
 def build_dir() -> Path:
-    """Where the finished build of the pinned llama.cpp lives (it may not exist yet)."""
-    return cache_dir() / f"llama.cpp-build-{LLAMA_CPP_PYTHON_VERSION}"
+    """Where the finished build of the pinned llama.cpp lives (it may not exist yet).
+
+    "-shared" marks the layout with shared libraries; builds of the earlier static-only layout are left alone.
+    """
+    return cache_dir() / f"llama.cpp-build-{LLAMA_CPP_PYTHON_VERSION}-shared"
 
 
 def converter() -> tuple[Path, Path]:
@@ -66,23 +90,55 @@ def converter() -> tuple[Path, Path]:
     return src / "convert_hf_to_gguf.py", src / "gguf-py"
 
 
-def tools() -> LlamaCppTools:
-    """Return llama.cpp's converter and binaries, building the binaries on first use (several minutes)."""
-    src = llama_cpp_source()
+def tools(extra_options: tuple[str, ...] | None = None) -> LlamaCppTools:
+    """Return llama.cpp's converter, binaries and library, building them on first use (several minutes, once).
+
+    `extra_options` (from `CMAKE_ARGS` at setup, e.g. `-DGGML_CUDA=ON`) rebuilds a build made with other ones;
+    None takes whatever build there is.
+    """
     target = build_dir()
-    if not _binaries_present(target):
+    if not _build_present(target) or (extra_options is not None and _options_of(target) != extra_options):
         if target.exists():
-            # Built by code that made fewer tools: it is only a cache, so build it again with all of them.
+            # Incomplete, or made with other options: it is only a cache, so build it again.
             shutil.rmtree(target)
-        _build(src, target)
+        _build(llama_cpp_source(), target, extra_options or ())
     script, gguf_py = converter()
     return LlamaCppTools(
-        convert_script=script,
-        gguf_py=gguf_py,
-        quantize=_binary(target, "llama-quantize"),
-        cli=_binary(target, "llama-cli"),
-        completion=_binary(target, "llama-completion"),
-    )
+        convert_script=script, gguf_py=gguf_py, quantize=_binary(target, "llama-quantize"),
+        cli=_binary(target, "llama-cli"), completion=_binary(target, "llama-completion"),
+        perplexity=_binary(target, "llama-perplexity"), server=_binary(target, "llama-server"),
+        lib_dir=target / "bin")
+
+
+def options_from_env() -> tuple[str, ...]:
+    """`CMAKE_ARGS` split as a shell would, never run by one (e.g. `-DGGML_CUDA=ON` for a CUDA build)."""
+    return tuple(shlex.split(os.environ.get("CMAKE_ARGS", "")))
+
+
+def load_llama_cpp() -> ModuleType:
+    """Import llama-cpp-python so that it runs this build's libllama, building it first if needed.
+
+    `make setup-export` installs llama-cpp-python without a library of its own; `LLAMA_CPP_LIB_PATH` (read once,
+    at import) points it here. A `LLAMA_CPP_LIB_PATH` the user set is kept.
+    """
+    if "llama_cpp" not in sys.modules and not os.environ.get("LLAMA_CPP_LIB_PATH"):
+        os.environ["LLAMA_CPP_LIB_PATH"] = str(tools().lib_dir)
+    try:
+        import llama_cpp
+    except ModuleNotFoundError as err:
+        raise UserError("llama-cpp-python is not installed", fix="run `make setup-export`") from err
+    except (OSError, RuntimeError) as err:  # its loader raises these for a missing or broken library
+        raise UserError(f"llama-cpp-python could not load libllama: {err}",
+                        where=f"LLAMA_CPP_LIB_PATH={os.environ.get('LLAMA_CPP_LIB_PATH')}",
+                        fix="unset LLAMA_CPP_LIB_PATH, or run `make setup-export` again") from err
+    return llama_cpp
+
+
+def library_file(lib_dir: Path, name: str = LIBRARY) -> Path:
+    """The file llama-cpp-python looks for in `lib_dir` (`libllama.so`, `libllama.dylib`, `llama.dll`)."""
+    if os.name == "nt":
+        return lib_dir / f"{name}.dll"
+    return lib_dir / f"lib{name}{'.dylib' if sys.platform == 'darwin' else '.so'}"
 
 
 def _failed_log() -> Path:
@@ -94,33 +150,44 @@ def _binary(build: Path, name: str) -> Path:
     return build / "bin" / (name + (".exe" if os.name == "nt" else ""))
 
 
-def _binaries_present(build: Path) -> bool:
-    return all(_binary(build, name).is_file() for name in TARGETS)
+def _build_present(build: Path) -> bool:
+    return all(_binary(build, name).is_file() for name in TARGETS) and library_file(build / "bin").exists()
 
 
-def _build(src: Path, target: Path) -> None:
+def _options_of(build: Path) -> tuple[str, ...]:
+    path = build / OPTIONS_NAME
+    return tuple(path.read_text("utf-8").splitlines()) if path.is_file() else ()
+
+
+def _build(src: Path, target: Path, extra_options: tuple[str, ...] = ()) -> None:
     _require_toolchain()
     jobs = os.cpu_count() or 1
     started = time.monotonic()
-    print(f"Building llama.cpp tools ({', '.join(TARGETS)}) with {jobs} jobs; this takes a few minutes, once.",
-          file=sys.stderr, flush=True)
+    print(f"Building llama.cpp ({', '.join(TARGETS)} and lib{LIBRARY}) with {jobs} jobs, once: about 10 minutes "
+          f"on 2 cores, full log in {target.name}/{LOG_NAME}.", file=sys.stderr, flush=True)
     failed_log = _failed_log()
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []  # exact [n/N] progress, and a faster start
     with building(target) as tmp:
         log_path = tmp / LOG_NAME
         try:
-            _run_logged(["cmake", "-S", str(src), "-B", str(tmp), *CMAKE_OPTIONS], log_path, "configure")
+            _run_logged(["cmake", "-S", str(src), "-B", str(tmp), *generator, *CMAKE_OPTIONS, *extra_options],
+                        log_path, "configure")
             _run_logged(["cmake", "--build", str(tmp), "--config", "Release", "--parallel", str(jobs),
-                         "--target", *TARGETS], log_path, "build")
-            _flatten_binaries(tmp)
+                         "--target", *TARGETS, LIBRARY], log_path, "build")
+            _flatten_outputs(tmp)
             _prune(tmp)
+            (tmp / OPTIONS_NAME).write_text("".join(f"{o}\n" for o in extra_options), "utf-8")
         except UserError:
             # `building()` deletes the temp folder on the way out, so keep the log where the message points.
             if log_path.exists():
                 shutil.copyfile(log_path, failed_log)
             raise
     failed_log.unlink(missing_ok=True)
-    print(f"\rBuilt llama.cpp tools in {time.monotonic() - started:.0f} s into {target}".ljust(79),
-          file=sys.stderr, flush=True)
+    print(f"Built llama.cpp in {_minutes(time.monotonic() - started)} into {target}", file=sys.stderr, flush=True)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
 def _require_toolchain() -> None:
@@ -130,59 +197,38 @@ def _require_toolchain() -> None:
                         fix="install cmake (e.g. `pip install cmake`) and a C++ compiler (build-essential / Xcode)")
 
 
-_PERCENT = re.compile(r"^\[\s*(\d+)%\]")
-
-
 def _run_logged(cmd: list[str], log_path: Path, stage: str) -> None:
-    """Run `cmd`, appending its output to `log_path` and showing one updating progress line on stderr."""
-    with open(log_path, "a", encoding="utf-8") as log:
+    """Run `cmd`, appending its output to `log_path` while a progress line (percent, elapsed time) stays on."""
+    with open(log_path, "a", encoding="utf-8") as log, BuildProgress(f"llama.cpp {stage}") as progress:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace")
         assert proc.stdout is not None
-        shown = -1
         for line in proc.stdout:
             log.write(line)
-            shown = _show_progress(stage, line, shown)
+            progress.feed(line)
         code = proc.wait()
-    print(file=sys.stderr, flush=True)
     if code != 0:
         raise UserError(f"llama.cpp {stage} step failed (exit code {code})", where=str(_failed_log()),
                         fix="read the end of that log; a missing compiler or too little memory are the usual causes")
 
 
-def _show_progress(stage: str, line: str, shown: int) -> int:
-    """Update the progress line; return the highest percentage shown so far.
-
-    Make prints each target's own percentage, so the numbers can step back; showing the maximum reads better.
-    """
-    match = _PERCENT.match(line)
-    if match and int(match.group(1)) > shown:
-        shown = int(match.group(1))
-        print(f"\r  llama.cpp {stage}: {shown}%".ljust(40), end="", file=sys.stderr, flush=True)
-    elif stage == "configure" and shown < 0:
-        shown = 0
-        print(f"\r  llama.cpp {stage}: configuring".ljust(40), end="", file=sys.stderr, flush=True)
-    return shown
-
-
-def _flatten_binaries(build: Path) -> None:
-    """Make sure the binaries sit in `bin/` (multi-config generators put them in `bin/Release/`)."""
-    for name in TARGETS:
-        wanted = _binary(build, name)
-        if wanted.is_file():
+def _flatten_outputs(build: Path) -> None:
+    """Make sure binaries and the library sit in `bin/` (multi-config generators put them in `bin/Release/`)."""
+    wanted = [_binary(build, name) for name in TARGETS] + [library_file(build / "bin")]
+    for path in wanted:
+        if path.exists():
             continue
-        found = next((p for p in build.rglob(wanted.name) if p.is_file() and os.access(p, os.X_OK)), None)
+        found = next((p for p in build.rglob(path.name) if p.is_file()), None)
         if found is None:
-            raise UserError(f"the llama.cpp build finished but produced no {name}",
-                            where=str(_failed_log()))
-        wanted.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(found, wanted)
+            raise UserError(f"the llama.cpp build finished but produced no {path.name}", where=str(_failed_log()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(found, path)
 
 
 def _prune(build: Path) -> None:
-    """Keep only `bin/` and the log: the binaries are static, and the object files are ~100 MB of cache."""
+    """Keep only `bin/` (binaries and shared libraries) and the log: the object files are ~100 MB of cache."""
     for item in build.iterdir():
         if item.name in ("bin", LOG_NAME):
             continue

@@ -105,15 +105,19 @@ def write_modelfile(out_dir: Path, gguf_name: str, *, system: str | None = None,
     return path
 
 
-def run_commands(gguf_path: Path, model_name: str, *, llama_cli: Path | str = "llama-cli") -> RunCommands:
-    """The commands that chat with the exported model in llama.cpp and register and run it in Ollama."""
+def run_commands(gguf_path: Path, model_name: str, *, llama_cli: Path | str = "llama-cli",
+                 context: int | None = None) -> RunCommands:
+    """The commands that chat with the exported model in llama.cpp and register and run it in Ollama.
+
+    `context` is llama-cli's `-c` (the run's `export.run_gguf.context_length`; the Modelfile's num_ctx by default).
+    """
     gguf_path = Path(gguf_path)
     modelfile = gguf_path.parent / "Modelfile"
     sampling = [f"--temp {DEFAULT_PARAMETERS['temperature']}", f"--top-p {DEFAULT_PARAMETERS['top_p']}"]
     return RunCommands(
         # llama-cli applies the chat template stored in the GGUF (the original R1 one) in conversation mode.
         llama_cli=" ".join([shlex.quote(str(llama_cli)), "-m", shlex.quote(str(gguf_path)), *sampling,
-                            "-c", str(DEFAULT_PARAMETERS["num_ctx"])]),
+                            "-c", str(context or DEFAULT_PARAMETERS["num_ctx"])]),
         ollama_create=f"ollama create {shlex.quote(model_name)} -f {shlex.quote(str(modelfile))}",
         ollama_run=f"ollama run {shlex.quote(model_name)}",
     )

@@ -236,9 +236,9 @@ class _llama:
         self.gguf = gguf
 
     def __enter__(self) -> Any:
-        from llama_cpp import Llama
+        from export.llamacpp import load_llama_cpp
 
-        self.llm = Llama(model_path=str(self.gguf), **self.kwargs)
+        self.llm = load_llama_cpp().Llama(model_path=str(self.gguf), **self.kwargs)
         return self.llm
 
     def __exit__(self, *exc: object) -> None:

@@ -39,7 +39,8 @@ TARGETS: dict[str, Target] = {
     "eval": Target("trainer.cli", ("eval",), ("{RUN}",), {"N": "--samples"}),
     "chat": Target("trainer.cli", ("chat",), ("{RUN}",)),
     "gguf": Target("export.cli", ("gguf",), ("{RUN}",), {"QUANT": "--quant"}),
-    "chat-gguf": Target("export.cli", ("chat",), ("{RUN}",)),
+    "chat-gguf": Target("export.cli", ("chat",), ("{RUN}",), {"QUANT": "--quant"}),
+    "serve": Target("export.cli", ("serve",), ("{RUN}",), {"QUANT": "--quant", "HOST": "--host", "PORT": "--port"}),
     "webui": Target("trainer.webui.__main__", (), options={"HOST": "--host", "PORT": "--port"}),
     "bench": Target("bench.__main__", ()),
 }

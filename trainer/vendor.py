@@ -2,6 +2,7 @@
 
 That one archive holds llama.cpp (its converter, gguf-py, the quantize and CLI tools) and real tokenizer
 vocabularies with test vectors, so the tiny model and the GGUF export need nothing but a package registry.
+The archive itself is kept in the cache too: `make setup-export` installs the llama-cpp-python binding from it.
 """
 from __future__ import annotations
 
@@ -18,31 +19,48 @@ from trainer.errors import UserError
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 """The pinned llama-cpp-python release; its vendored llama.cpp is the one the project converts and runs with."""
 
+SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+
 
 def llama_cpp_source() -> Path:
     """Return the `llama.cpp` source folder, downloading and unpacking the pinned sdist on first use.
 
     Set `LLAMA_CPP_SDIST` to a downloaded `llama_cpp_python-<version>.tar.gz` to skip the download.
     """
-    target = cache_dir() / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}" / "llama.cpp"
+    target = _source_root() / "llama.cpp"
     if target.is_dir():
         return target
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = _sdist_archive(Path(tmp))
-        with building(target) as out:
-            _extract_vendor(archive, out)
+    archive = sdist_archive()
+    with building(target) as out:
+        _extract_vendor(archive, out)
     return target
 
 
-def _sdist_archive(download_dir: Path) -> Path:
+def sdist_archive() -> Path:
+    """Return the pinned sdist: `LLAMA_CPP_SDIST` if set, else the cached copy, downloaded on first use."""
     given = os.environ.get("LLAMA_CPP_SDIST")
     if given:
         path = Path(given).expanduser()
         if not path.is_file():
             raise UserError("file not found", where=f"LLAMA_CPP_SDIST={given}",
-                            fix=f"point it at llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz or unset it")
+                            fix=f"point it at {SDIST_NAME} or unset it")
         return path
-    print(f"Downloading llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} sources from PyPI (76 MB, once)...",
+    kept = _source_root() / SDIST_NAME
+    if not kept.is_file():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=kept.parent, prefix=".download.") as tmp:
+            os.replace(_download(Path(tmp)), kept)  # atomic: a half download never has the final name
+    return kept
+
+
+def _source_root() -> Path:
+    return cache_dir() / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}"
+
+
+def _download(download_dir: Path) -> Path:
+    # One line, once per cache, that says why a training command fetches 76 MB (issue 15.10).
+    print(f"Downloading the llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} source from PyPI (76 MB, once): the tiny "
+          "model takes its tokenizer from it, `make gguf` and `make serve` build llama.cpp from it.",
           file=sys.stderr, flush=True)
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
            f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "--dest", str(download_dir)]

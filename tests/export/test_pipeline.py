@@ -82,8 +82,8 @@ PROMPT = "新闻分类:央行宣布下调存款准备金率"
 @pytest.fixture(scope="module")
 def gguf_reply(exported) -> str:
     run_dir, _ = exported
-    done = run("-m", "export", "chat", str(run_dir), "--prompt", PROMPT, "--max-new-tokens", "24",
-               "--temperature", "0", timeout=300)
+    done = run("-m", "export", "chat", str(run_dir), "--quant", "f16", "--prompt", PROMPT, "--max-new-tokens",
+               "24", "--temperature", "0", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -108,11 +108,27 @@ def test_chat_with_the_gguf_prints_the_merged_models_greedy_reply(exported, gguf
     assert gguf_reply.startswith("[thinking]")
 
 
+def test_chat_gguf_uses_the_file_make_gguf_verified_last_in_the_recipe_context(exported):
+    from trainer.recipe import load_resolved
+
+    run_dir, _ = exported
+    done = run("-m", "export", "chat", str(run_dir), "--prompt", "新闻分类:球队夺冠", "--temperature", "0",
+               timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    recipe = load_resolved(run_dir)
+    assert f"{run_dir.name}-q8_0.gguf (the file `make gguf` wrote last, verified)" in done.stderr
+    assert f"up to {recipe.eval.max_new_tokens} new tokens in a {recipe.model.max_seq_length}-token context" \
+        in done.stderr
+    f16 = run("-m", "export", "chat", str(run_dir), "--quant", "f16", "--prompt", "x", "--max-new-tokens", "2",
+              timeout=300)
+    assert f16.returncode == 0 and f"{run_dir.name}-f16.gguf (QUANT=f16)" in f16.stderr
+
+
 def test_chat_gguf_defaults_to_the_latest_run(exported, gguf_reply, tmp_path):
     run_dir, _ = exported
     (tmp_path / "runs").symlink_to(run_dir.parent)  # `make chat-gguf` runs `python -m export chat latest` here
-    done = run("-m", "export", "chat", "--prompt", PROMPT, "--max-new-tokens", "24", "--temperature", "0",
-               timeout=300, cwd=tmp_path)
+    done = run("-m", "export", "chat", "--quant", "f16", "--prompt", PROMPT, "--max-new-tokens", "24",
+               "--temperature", "0", timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == gguf_reply  # the same model answered: the run's own GGUF
 

@@ -1,0 +1,300 @@
+"""`make serve` on a real (tiny, CPU) model, through the official `openai` client, as a user's program calls it.
+
+Needs llama.cpp's build (llama-server) like the other `llamacpp` tests. The module makes a finished run folder
+holding the tiny model's f16 GGUF (training is not needed: the server reads only the GGUF and the recipe; the
+export-first path is tested without a server in test_serve_settings.py) and starts `python -m export serve` on it.
+
+The tiny model is nearly random and would rarely write `</think>` by itself, so requests set llama-server's
+`reasoning_budget_tokens`: after that many reasoning tokens the server makes the model write `</think>`, and the
+answer follows, as with a trained model. The split is checked against an independent oracle: greedy decoding of
+the prompt rendered by the GGUF's template in Python (not by llama-server), whose first tokens must be exactly the
+reasoning.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.llamacpp
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NO_PROXY": "127.0.0.1,localhost"}
+KEY = "test-key-4f1c"
+BUDGET = 6
+"""Reasoning tokens before the server closes the think block."""
+QUESTION = [{"role": "user", "content": "新闻标题：央行宣布降息0.25个百分点"}]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Cli:
+    """`python -m export serve ...` running in the background, its output collected line by line."""
+
+    proc: subprocess.Popen
+    out: queue.Queue = field(default_factory=queue.Queue)
+    err: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, *args: str, env: dict | None = None) -> Cli:
+        proc = subprocess.Popen([sys.executable, "-m", "export", "serve", *args], cwd=ROOT, env={**ENV, **(env or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cli = cls(proc)
+        threading.Thread(target=lambda: [cli.out.put(x) for x in proc.stdout], daemon=True).start()
+        threading.Thread(target=lambda: [cli.err.append(x) for x in proc.stderr], daemon=True).start()
+        return cli
+
+    def banner(self, timeout: float = 1500) -> str:
+        """stdout up to the client example's end; fails with stderr if the command ends first."""
+        lines, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                lines.append(self.out.get(timeout=1))
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"serve ended ({self.proc.returncode}): {''.join(self.err)[-3000:]}")
+                continue
+            if lines[-1].startswith("m = client"):
+                return "".join(lines)
+        pytest.fail("no banner in time: " + "".join(self.err)[-3000:])
+
+    def server_pids(self) -> list[int]:
+        return [pid for pid in children_of(self.proc.pid) if command_name(pid) == "llama-server"]
+
+    def interrupt(self, sig: int = signal.SIGINT) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    """True once `pid` no longer exists (not even as a zombie waiting to be reaped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True  # dead; only its parent's bookkeeping is left
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_path: Path, tmp_path_factory) -> Path:
+    """A finished run folder of the news recipe (cpu profile) whose GGUF is the tiny model's, as `make gguf` leaves it."""
+    from export.gguf import convert
+    from trainer.recipe import RESOLVED_NAME, find_recipe, load_recipe, save_resolved
+    from trainer.runs import COMPLETE
+    from trainer.template import r1_chat_template
+
+    run_dir = tmp_path_factory.mktemp("runs") / "news-20261130-120000"
+    (run_dir / "gguf").mkdir(parents=True)
+    save_resolved(load_recipe(find_recipe("news", ROOT / "recipes"), ["profile=cpu"]), run_dir / RESOLVED_NAME)
+    convert(tiny_path, run_dir / "gguf" / f"{run_dir.name}-f16.gguf", "f16", chat_template=r1_chat_template())
+    (run_dir / COMPLETE).write_text("")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def served(trained: Path):
+    port = free_port()
+    cli = Cli.start(str(trained), "--port", str(port), env={"API_KEY": KEY})
+    banner = cli.banner()
+    yield cli, banner, f"http://127.0.0.1:{port}/v1"
+    if cli.proc.poll() is None:
+        cli.interrupt()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from openai import OpenAI
+
+    _, _, base_url = served
+    return OpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=300)
+
+
+def ask(client, run: Path, **kw):
+    return client.chat.completions.create(model=run.name, messages=QUESTION, max_tokens=24, temperature=0,
+                                          extra_body={"reasoning_budget_tokens": BUDGET}, **kw)
+
+
+def post(url: str, body: bytes, key: str | None = KEY) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=120) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_the_banner_names_the_file_and_says_how_to_call_it(served, trained):
+    cli, banner, base_url = served
+    assert f"starting llama-server on {trained / 'gguf' / trained.name}-f16.gguf" in "".join(cli.err)
+    assert base_url in banner and repr(trained.name) in banner and 'os.environ["API_KEY"]' in banner
+    assert KEY not in banner + "".join(cli.err)
+    assert len(cli.server_pids()) == 1
+
+
+def test_models_lists_the_run_and_health_is_open(client, served, trained):
+    assert [m.id for m in client.models.list().data] == [trained.name]
+    _, _, base_url = served
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/health", timeout=10) as reply:
+        assert reply.status == 200 and json.loads(reply.read())["status"] == "ok"
+
+
+def oracle_reasoning(client, served, trained: Path) -> str:
+    """Greedy text after the prompt that the GGUF's template renders in Python (longer than the reasoning)."""
+    from export.chat import GGUFTemplate
+    from export.llamacpp import load_llama_cpp
+
+    gguf = sorted((trained / "gguf").glob("*.gguf"), key=lambda p: p.stat().st_mtime)[-1]
+    llm = load_llama_cpp().Llama(model_path=str(gguf), n_ctx=256, verbose=False, vocab_only=True)
+    template = GGUFTemplate(llm.metadata["tokenizer.chat_template"],
+                            llm.detokenize([llm.token_bos()], special=True).decode())
+    prompt = template.apply_chat_template(QUESTION, add_generation_prompt=True)
+    assert prompt.endswith("<｜Assistant｜><think>\n")  # the original R1 generation prompt
+    ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+    _, _, base_url = served
+    status, done = post(base_url.removesuffix("/v1") + "/completion",
+                        json.dumps({"prompt": ids, "n_predict": 3 * BUDGET, "temperature": 0,
+                                    "cache_prompt": False}).encode())
+    assert status == 200, done
+    return done["content"]
+
+
+def test_reasoning_comes_apart_from_the_answer(client, served, trained):
+    message = ask(client, trained).choices[0].message
+    assert message.reasoning_content and message.content
+    assert "<think>" not in message.content and "</think>" not in message.content
+    assert "</think>" not in message.reasoning_content
+    # Independent oracle: the reasoning is exactly what the model writes first after the R1 prompt.
+    assert oracle_reasoning(client, served, trained).strip().startswith(message.reasoning_content.strip())
+
+
+def test_streaming_sends_token_by_token_and_adds_up_to_the_same_reply(client, trained):
+    whole = ask(client, trained).choices[0].message
+    reasoning, content = [], []
+    for chunk in ask(client, trained, stream=True):
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        if getattr(delta, "reasoning_content", None):
+            reasoning.append(delta.reasoning_content)
+        if delta.content:
+            content.append(delta.content)
+    assert len(reasoning) >= 2 and len(content) >= 2  # pieces as they are made, not one block
+    assert "".join(reasoning) == whole.reasoning_content and "".join(content) == whole.content
+
+
+def test_a_wrong_or_missing_key_is_refused_with_401(served, trained):
+    import openai
+
+    _, _, base_url = served
+    with pytest.raises(openai.AuthenticationError) as err:
+        ask(openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0), trained)
+    assert err.value.status_code == 401
+    status, body = post(base_url + "/chat/completions", json.dumps({"messages": QUESTION}).encode(), key=None)
+    assert status == 401 and "error" in body
+
+
+@pytest.mark.parametrize("body", [b'{"messages": "not a list"}', b'{"messages": [{"role": "user"}]', b"\xff"])
+def test_a_malformed_request_gets_a_4xx_json_error(served, body):
+    _, _, base_url = served
+    status, reply = post(base_url + "/chat/completions", body)
+    assert 400 <= status < 500 and reply["error"]["message"]
+
+
+def test_eight_concurrent_requests_are_all_answered(client, trained):
+    def one(i: int):
+        return client.chat.completions.create(
+            model=trained.name, messages=[{"role": "user", "content": f"第{i}条新闻"}], max_tokens=12,
+            temperature=0.6, seed=i, extra_body={"reasoning_budget_tokens": 4})
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(one, range(8)))
+    assert len(replies) == 8
+    for reply in replies:
+        message = reply.choices[0].message
+        assert reply.choices[0].finish_reason in ("stop", "length") and (message.reasoning_content or message.content)
+
+
+def test_ctrl_c_stops_the_server_and_leaves_no_process(served):
+    cli, _, base_url = served
+    (server_pid,) = cli.server_pids()
+    assert cli.interrupt(signal.SIGINT) == 0
+    assert gone(server_pid)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(base_url.removesuffix("/v1") + "/health", timeout=5)
+
+
+def test_sigterm_stops_it_too(trained):
+    cli = Cli.start(str(trained), "--port", str(free_port()))
+    banner = cli.banner(timeout=300)
+    assert "requests need the API_KEY" not in banner
+    (server_pid,) = cli.server_pids()
+    assert cli.interrupt(signal.SIGTERM) == 0
+    assert gone(server_pid)
+
+
+def test_the_network_without_a_key_is_refused_before_anything_starts(trained):
+    done = subprocess.run([sys.executable, "-m", "export", "serve", str(trained), "--host", "0.0.0.0"], cwd=ROOT,
+                          env={k: v for k, v in ENV.items() if k != "API_KEY"}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "needs API_KEY" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_library_context_manager_serves_and_cleans_up(trained):
+    from openai import OpenAI
+
+    from export import serve
+
+    gguf = sorted((trained / "gguf").glob("*.gguf"))[-1]
+    server = serve.start_server(gguf)
+    try:
+        assert [m.id for m in OpenAI(base_url=server.base_url, api_key="none").models.list().data] == [trained.name]
+    finally:
+        server.stop()
+    assert server.process.poll() is not None and gone(server.process.pid)
+    with pytest.raises(RuntimeError):
+        with serve.serving(gguf) as base_url:
+            assert base_url.startswith("http://127.0.0.1:")
+            raise RuntimeError("the caller fails")
+    assert not [p for p in children_of(os.getpid()) if command_name(p) == "llama-server"]

@@ -1,0 +1,213 @@
+"""`make serve` without a server: settings refused up front, llama-server's arguments, the file it serves, the
+client example it prints, and the Makefile's handling of HOST and API_KEY. Fast; no llama.cpp build needed."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from export import cli, modelfile, run_gguf, serve
+from trainer.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings(**kw) -> serve.ServerSettings:
+    return serve.ServerSettings(**{"gguf": Path("m.gguf"), "alias": "news-1", **kw})
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                                ("127.0.0.2", True), ("0.0.0.0", False), ("::", False),
+                                                ("192.168.1.5", False), ("example.org", False)])
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert serve.is_loopback(host) is loopback
+
+
+def test_the_network_needs_a_key_and_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(UserError) as err:
+        serve.check_settings(settings(host="0.0.0.0", port=70000, context=8))
+    text = str(err.value)
+    assert "API_KEY" in text and "65535" in text and "16 tokens" in text
+    serve.check_settings(settings(host="0.0.0.0", api_key="s3cret"))
+    serve.check_settings(settings())  # loopback: no key needed
+
+
+@pytest.mark.parametrize("key", ["two words", "line\nbreak", "#comment", " "])
+def test_a_key_must_be_one_line_of_one_word(key: str) -> None:
+    # llama-server reads keys from a file, one per line, '#' lines being comments.
+    with pytest.raises(UserError, match="API_KEY"):
+        serve.check_settings(settings(api_key=key))
+
+
+def test_server_arguments_split_reasoning_use_the_gguf_template_and_keep_the_key_off_the_command_line() -> None:
+    cmd = serve.server_command(Path("/b/llama-server"), settings(api_key="s3cret", context=2048, parallel=4),
+                               8123, Path("/tmp/k/api-key"))
+    flag = {cmd[i]: cmd[i + 1] for i in range(1, len(cmd) - 1) if cmd[i].startswith("--")}
+    assert flag["--reasoning-format"] == "deepseek" and "--jinja" in cmd and "--chat-template" not in cmd
+    assert flag["--alias"] == "news-1" and flag["--host"] == "127.0.0.1" and flag["--port"] == "8123"
+    assert flag["--ctx-size"] == str(2048 * 4) and flag["--parallel"] == "4" and "--no-kv-unified" in cmd
+    assert flag["--api-key-file"] == "/tmp/k/api-key" and "s3cret" not in cmd
+
+
+def test_stray_llama_environment_is_not_passed_to_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLAMA_ARG_PORT", "9999")
+    monkeypatch.setenv("LLAMA_API_KEY", "someone-elses")
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", "/kept")
+    env = serve._server_env()
+    assert "LLAMA_ARG_PORT" not in env and "LLAMA_API_KEY" not in env and env["LLAMA_CPP_LIB_PATH"] == "/kept"
+
+
+def test_a_taken_port_is_named_with_a_fix() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(UserError, match=f"PORT={port + 1}"):
+            serve.require_free_port("127.0.0.1", port)
+    serve.require_free_port("127.0.0.1", 0)
+
+
+def test_wildcard_addresses_are_reached_through_loopback() -> None:
+    assert serve._url_host("0.0.0.0") == "127.0.0.1" and serve._url_host("::") == "[::1]"
+    assert serve._url_host("::1") == "[::1]" and serve._url_host("10.0.0.2") == "10.0.0.2"
+
+
+def test_printed_client_example_is_three_lines_of_python_naming_the_url_and_model() -> None:
+    for key in (None, "s3cret"):
+        text = cli.serve_banner("http://127.0.0.1:8000/v1", settings(api_key=key))
+        code = text.strip().split("\n\n")[-1].splitlines()
+        assert len(code) == 3
+        tree = ast.parse("\n".join(code))
+        strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+        assert {"http://127.0.0.1:8000/v1", "news-1"} <= strings
+        assert "s3cret" not in text and "reasoning_content" in text
+
+
+def make_run(tmp_path: Path, files: list[str], last: str | None = None, passed: bool = True) -> Path:
+    run_dir = tmp_path / "news-20261130-120000"
+    (run_dir / "gguf").mkdir(parents=True)
+    for name in files:
+        (run_dir / "gguf" / name).write_bytes(b"GGUF")
+    if last:
+        entries = [{"path": f"/elsewhere/{n}"} for n in files if n != last] + [{"path": f"/elsewhere/{last}"}]
+        (run_dir / "gguf" / "export.json").write_text(json.dumps({"files": entries, "checks": [{}],
+                                                                  "passed": passed}))
+    return run_dir
+
+
+def test_the_file_make_gguf_wrote_last_is_chosen_even_in_a_moved_run_folder(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, ["news-20261130-120000-f16.gguf", "news-20261130-120000-q4_k_m.gguf"],
+                       last="news-20261130-120000-q4_k_m.gguf")
+    chosen = run_gguf.choose_gguf(run_dir)
+    assert chosen.path == run_dir / "gguf" / "news-20261130-120000-q4_k_m.gguf" and chosen.verified is True
+    assert "verified" in run_gguf.describe(chosen)
+    assert run_gguf.choose_gguf(run_dir, "f16").path.name.endswith("-f16.gguf")
+    assert run_gguf.choose_gguf(run_dir, "q8_0") is None
+    with pytest.raises(UserError, match="QUANT=q8_0"):
+        run_gguf.require_gguf(run_dir, "q8_0")
+
+
+def test_a_failed_export_is_said_and_no_export_means_no_file(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, ["news-20261130-120000-q8_0.gguf"], last="news-20261130-120000-q8_0.gguf",
+                       passed=False)
+    assert "FAILED" in run_gguf.describe(run_gguf.choose_gguf(run_dir))
+    empty = tmp_path / "other"
+    (empty / "gguf").mkdir(parents=True)
+    assert run_gguf.choose_gguf(empty) is None
+
+
+def test_llama_cli_command_uses_the_context_it_is_given() -> None:
+    commands = modelfile.run_commands(Path("runs/r/gguf/r-q4_k_m.gguf"), "news", context=2048)
+    assert commands.llama_cli.split()[-2:] == ["-c", "2048"]
+
+
+def test_readme_llama_cli_example_matches_the_medical_recipe_context() -> None:
+    # The README shows the command `make gguf` prints for the medical recipe on a GPU without a profile: its -c
+    # is the model.max_seq_length written in that recipe.
+    import yaml
+
+    readme = (ROOT / "README.md").read_text("utf-8")
+    line = next(x for x in readme.splitlines() if "bin/llama-cli -m" in x)
+    recipe = yaml.safe_load((ROOT / "recipes" / "medical.yaml").read_text("utf-8"))
+    assert line.split("-c ")[1].split()[0] == str(recipe["model"]["max_seq_length"])
+
+
+def make_dry_run(*args: str, env: dict | None = None) -> str:
+    done = subprocess.run(["make", "-n", "--no-print-directory", "serve", "VENV=/nonexistent-venv", *args],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    lines = done.stdout.replace("\\\n", " ").splitlines()  # join the recipe's continued lines
+    return next(line for line in lines if "-m export serve" in line)
+
+
+def test_make_serve_takes_host_from_the_command_line_only() -> None:
+    assert "--host 0.0.0.0" in make_dry_run("HOST=0.0.0.0")
+    assert "--host" not in make_dry_run(env={"HOST": "my-laptop"})  # zsh and others export a HOST of their own
+    assert "--port 8000" in make_dry_run() and "--port 9001" in make_dry_run("PORT=9001")
+    assert "--quant q8_0" in make_dry_run("QUANT=q8_0")
+
+
+def finished_run(tmp_path: Path) -> Path:
+    from trainer.recipe import RESOLVED_NAME, find_recipe, load_recipe, save_resolved
+    from trainer.runs import COMPLETE
+
+    run_dir = tmp_path / "runs" / "news-20261130-120000"
+    run_dir.mkdir(parents=True)
+    save_resolved(load_recipe(find_recipe("news", ROOT / "recipes"), ["profile=cpu"]), run_dir / RESOLVED_NAME)
+    (run_dir / COMPLETE).write_text("")
+    return run_dir
+
+
+class RecordedServer:
+    """Stands in for llama-server (the real one is tested in test_serve.py): records what it was asked to serve."""
+
+    started: list = []
+
+    def __init__(self, settings, log_path):
+        self.started.append(settings)
+        self.base_url, self.log_path, self.stopped = "http://127.0.0.1:1/v1", log_path, False
+
+    def wait(self):
+        raise KeyboardInterrupt  # the user presses Ctrl-C
+
+    def stop(self):
+        self.stopped = True
+
+
+def test_serve_exports_a_run_without_gguf_first_says_so_then_serves_that_file(tmp_path, monkeypatch, capsys):
+    run_dir = finished_run(tmp_path)
+    exported = []
+
+    def export_gguf(run, quant, verify=True):
+        exported.append((run, quant))
+        made = run / "gguf" / f"{run.name}-q4_k_m.gguf"
+        made.parent.mkdir(exist_ok=True)
+        made.write_bytes(b"GGUF")
+        return 0
+
+    monkeypatch.setattr(cli, "export_gguf", export_gguf)
+    monkeypatch.setattr(serve, "RunningServer", RecordedServer)
+    monkeypatch.setattr(cli, "_stop_on_signals", lambda: None)
+    RecordedServer.started = []
+    assert cli.main(["serve", str(run_dir), "--port", "0"]) == 0
+    err = capsys.readouterr().err
+    assert exported == [(run_dir, None)] and "has no GGUF yet: exporting it first" in err
+    (settings,) = RecordedServer.started
+    assert settings.gguf == run_dir / "gguf" / f"{run_dir.name}-q4_k_m.gguf" and settings.alias == run_dir.name
+    import yaml
+
+    news = yaml.safe_load((ROOT / "recipes" / "news.yaml").read_text("utf-8"))
+    assert settings.context == news["profiles"]["cpu"]["model"]["max_seq_length"]  # the recipe's, not a default
+    assert "llama-server stopped" in err
+
+
+def test_serve_refuses_the_network_without_a_key_before_exporting(tmp_path, monkeypatch, capsys):
+    run_dir = finished_run(tmp_path)
+    monkeypatch.delenv("API_KEY", raising=False)
+    monkeypatch.setattr(cli, "export_gguf", lambda *a, **k: pytest.fail("must not export"))
+    assert cli.main(["serve", str(run_dir), "--host", "0.0.0.0"]) == 2
+    assert "needs API_KEY" in capsys.readouterr().err
