@@ -150,6 +150,15 @@ def chat_command(args) -> int:
                     temperature=args.temperature)
 
 
+def grpo_command(args) -> int:
+    from trainer.grpo import run_grpo
+    from trainer.hardware import detect
+
+    hardware = detect()
+    run_grpo(_recipe(args, hardware), hardware, sft_run=args.run)
+    return 0
+
+
 def banner(recipe, hardware) -> str:
     """Says what is about to run, and loudly so when it is the offline stand-in rather than a real model."""
     lines = [f"recipe {recipe.name}: {recipe.description}".rstrip(": "),
@@ -191,6 +200,10 @@ def _parser() -> argparse.ArgumentParser:
                             "N=1 with zero2/zero3 offloads to the CPU on one card); without CUDA, N CPU processes")
     train.add_argument("--run-dir", help=argparse.SUPPRESS)  # chosen by the --gpus parent for its processes
     train.set_defaults(command=train_command)
+    grpo = commands.add_parser("grpo", help="continue a finished SFT run with GRPO on checkable answers")
+    _recipe_args(grpo)
+    grpo.add_argument("--run", help="SFT run folder to continue (default: the newest finished one of the recipe)")
+    grpo.set_defaults(command=grpo_command)
     preview = commands.add_parser("preview", help="show rendered training examples with the trained span")
     _recipe_args(preview)
     preview.add_argument("--limit", type=int, default=3, help="examples to show (default 3)")
