@@ -47,8 +47,11 @@ def prepare_model(args, work: Path, cuda: bool) -> Path:
                 device="cuda" if cuda else "cpu")
     print(f"built {args.shape} in {time.perf_counter() - started:.0f} s", flush=True)
     if cuda:
+        import gc
+
         import torch
 
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     return dest
@@ -73,12 +76,12 @@ def measure(args, model_dir: Path, work: Path) -> dict:
     overrides = [f"model.base={base}", f"model.quantization={quantization}", "model.max_seq_length=1024",
                  f"grpo.steps={args.steps}", f"grpo.num_generations={args.generations}",
                  f"grpo.max_completion_length={args.completion}", f"train.output_dir={work / 'runs'}",
-                 "profile=none", "lora.rank=16", "lora.alpha=16"]
+                 "profile=none", "lora.rank=16", "lora.alpha=16", f"model.backend={args.backend}"]
     recipe = load_recipe(find_recipe("news", RECIPES_DIR), overrides, hardware)
     started = time.perf_counter()
     run_dir, metrics = run(recipe, hardware, work)
     steps = metrics["curves"]["step"]
-    result = {"shape": args.shape, "cap_gib": args.cap_gib, "device": hardware.name,
+    result = {"shape": args.shape, "cap_gib": args.cap_gib if hardware.cuda else None, "device": hardware.name,
               "quantization": quantization, "lora_rank": 16, "num_generations": args.generations,
               "max_completion_length": args.completion, "steps": len(steps),
               "wall_s": round(time.perf_counter() - started, 1), **_versions(), **_subset(metrics)}
@@ -122,8 +125,15 @@ def step_timer():
 
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(round(time.perf_counter() - self.began, 2))
+            print(f"step {state.global_step}: {self.seconds[-1]} s, peak {_peak_gib()} GiB", flush=True)
 
     return StepTimer()
+
+
+def _peak_gib() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
 
 
 def _subset(metrics: dict) -> dict:
@@ -170,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--completion", type=int, default=256)
+    p.add_argument("--backend", default="auto", help="model.backend: auto (Unsloth on CUDA), unsloth, transformers")
     p.add_argument("--work", help="folder for the shape and the run (default: a temporary one)")
     p.add_argument("--out", help="write the result as JSON here")
     return p
