@@ -14,8 +14,6 @@ import shutil
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from trainer.config import Recipe
 from trainer.data import Conversation, load_conversations
 from trainer.errors import UserError
@@ -128,7 +126,7 @@ def train_grpo(recipe: Recipe, loaded: Loaded, prompts: list[dict], spec: Reward
                           train_dataset=Dataset.from_list(prompts), callbacks=callbacks)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(RewardLog(log, list(spec.weights)))
+    trainer.add_callback(reward_log(log, list(spec.weights)))
     started = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - started
@@ -162,19 +160,21 @@ def grpo_config(recipe: Recipe, hardware: Hardware, backend: str, run_dir: Path,
         dataloader_pin_memory=hardware.cuda)
 
 
-class RewardLog(TrainerCallback):
-    """One line per step: mean reward, each component, completion length."""
+def reward_log(log: RunLog, names: list[str]):
+    """A callback saying one line per step: mean reward, each component, completion length. Built here, not at
+    import: transformers may only be imported after `start_engine` has imported Unsloth."""
+    from transformers import TrainerCallback
 
-    def __init__(self, log: RunLog, names: list[str]):
-        self.log, self.names = log, names
+    class RewardLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "reward" not in logs:
+                return
+            parts = [f"{n} {logs.get(f'rewards/{n}/mean', float('nan')):.3f}" for n in names]
+            log.say(f"step {state.global_step}/{state.max_steps}: reward {logs['reward']:.3f} ({', '.join(parts)}), "
+                    f"completion length {logs.get('completions/mean_length', float('nan')):.0f}")
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        if "reward" not in logs:
-            return
-        parts = [f"{n} {logs.get(f'rewards/{n}/mean', float('nan')):.3f}" for n in self.names]
-        self.log.say(f"step {state.global_step}/{state.max_steps}: reward {logs['reward']:.3f} ({', '.join(parts)}), "
-                     f"completion length {logs.get('completions/mean_length', float('nan')):.0f}")
+    return RewardLog()
 
 
 def save_adapter(model, tokenizer, run_dir: Path) -> None:
