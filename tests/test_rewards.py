@@ -129,3 +129,15 @@ def test_reward_start_and_end_average_the_first_and_last_tenth():
     assert metrics["reward_end"] == pytest.approx(18.5)
     assert metrics["curves"]["format"] == [1.0] * 20 and metrics["curves"]["step"][-1] == 20
     assert metrics["completions"] == 160 and metrics["completion_tokens"] == 1600
+
+
+def test_continued_recipe_keeps_the_sft_model_and_takes_this_commands_grpo_section(tmp_path):
+    from trainer.grpo import continued_recipe
+
+    sft = news(["lora.rank=8", "train.output_dir=/elsewhere"])
+    requested = news(["lora.rank=64", "grpo.steps=7", f"train.output_dir={tmp_path}"])
+    recipe = continued_recipe(sft, requested)
+    assert recipe.lora.rank == 8 and recipe.grpo.steps == 7 and recipe.train.output_dir == str(tmp_path)
+    with pytest.raises(UserError, match="GRPO continues a LoRA adapter") as caught:
+        continued_recipe(news(["train.method=full", "model.quantization=none"]), requested)
+    assert caught.value.where == "train.method"
