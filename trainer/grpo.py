@@ -128,7 +128,12 @@ def train_grpo(recipe: Recipe, loaded: Loaded, prompts: list[dict], spec: Reward
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(reward_log(log, list(spec.weights)))
     started = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train()
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+            raise out_of_memory(recipe) from None
+        raise
     elapsed = time.perf_counter() - started
     save_adapter(trainer.model, loaded.tokenizer, run_dir)
     metrics = summarize(trainer.state.log_history, list(spec.weights), elapsed, recipe)
@@ -138,6 +143,16 @@ def train_grpo(recipe: Recipe, loaded: Loaded, prompts: list[dict], spec: Reward
 
         metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return metrics
+
+
+def out_of_memory(recipe: Recipe) -> UserError:
+    g = recipe.grpo
+    knobs = [f"grpo.num_generations={g.num_generations // 2}" if g.num_generations >= 4 else None,
+             f"grpo.max_completion_length={g.max_completion_length // 2}" if g.max_completion_length > 64 else None,
+             "grpo.prompts_per_step=1" if g.prompts_per_step > 1 else None, "grpo.beta=0" if g.beta else None]
+    return UserError(f"CUDA ran out of memory during GRPO ({g.prompts_per_step} x {g.num_generations} completions of "
+                     f"up to {g.max_completion_length} tokens)", where="grpo",
+                     fix="try " + "; or ".join(k for k in knobs if k) if any(knobs) else "use a smaller model.base")
 
 
 def grpo_config(recipe: Recipe, hardware: Hardware, backend: str, run_dir: Path, weights: list[float]):
