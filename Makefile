@@ -1,5 +1,6 @@
 # Fine-tune DeepSeek-R1-Distill on your data. Every target sets up .venv first when needed.
 #   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."] [RESUME=1] [GPUS=N]
+#   make grpo RECIPE=news [RUN=runs/<sft run>]  (GRPO after SFT)
 #   make preview RECIPE=news          make eval / chat / gguf [RUN=runs/<run>]          make test
 #   make webui [PORT=7860] [HOST=127.0.0.1 WEBUI_AUTH=user:password]
 #   make serve [RUN=runs/<run>] [QUANT=q8_0] [PORT=8000] [HOST=0.0.0.0 API_KEY=<secret>]   (OpenAI-compatible API)
@@ -39,7 +40,7 @@ comma := ,
 CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := dev$(if $(CUDA),$(comma)gpu)
 
-.PHONY: setup setup-export train preview eval chat gguf chat-gguf webui serve test bench clean
+.PHONY: setup setup-export train grpo preview eval chat gguf chat-gguf webui serve test bench clean
 
 setup: $(VENV)/.core
 setup-export: $(VENV)/.export
@@ -60,6 +61,10 @@ $(VENV)/.export: $(VENV)/.core
 
 train: setup
 	$(STAGE) train
+
+# GRPO after SFT: continues RUN (default: the newest finished SFT run of RECIPE) with checkable rewards.
+grpo: setup
+	$(STAGE) grpo
 
 preview: setup
 	$(STAGE) preview

@@ -260,6 +260,15 @@ def _run_and_overrides(args) -> tuple[str, list[str]]:
     return args.run, list(args.overrides)
 
 
+def grpo_command(args) -> int:
+    from trainer.grpo import run_grpo
+    from trainer.hardware import detect
+
+    hardware = detect()
+    run_grpo(_recipe(args, hardware), hardware, sft_run=args.run)
+    return 0
+
+
 def banner(recipe, hardware) -> str:
     """Says what is about to run, and loudly so when it is the offline stand-in rather than a real model."""
     lines = [f"recipe {recipe.name}: {recipe.description}".rstrip(": "),
@@ -306,6 +315,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", metavar="RUN",
                        help="with --resume: the stopped run folder to continue (default: the newest of this recipe)")
     train.set_defaults(command=train_command)
+    grpo = commands.add_parser("grpo", help="continue a finished SFT run with GRPO on checkable answers")
+    _recipe_args(grpo)
+    grpo.add_argument("--run", help="SFT run folder to continue (default: the newest finished one of the recipe)")
+    grpo.set_defaults(command=grpo_command)
     preview = commands.add_parser("preview", help="show rendered training examples with the trained span")
     _recipe_args(preview)
     preview.add_argument("--limit", type=int, default=3, help="examples to show (default 3)")

@@ -220,6 +220,40 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class RewardsConfig:
+    format: float = 1.0
+    """Weight of the format reward: one `</think>`, a non-empty answer after it, an answer of bounded length."""
+    correctness: float = 1.0
+    """Weight of the correctness reward: the answer after `</think>` checked against the row's reference."""
+    match: Literal["auto", "label", "exact", "rouge"] = "auto"
+    """Correctness check: label (normalized), exact, rouge (ROUGE-L F1 >= rouge_threshold); auto: label for short answers."""
+    rouge_threshold: float = 0.5
+    """match=rouge: the ROUGE-L F1 (jieba words) an answer needs against its reference to count as correct."""
+    max_answer_chars: int | None = None
+    """Format reward: longest well-formed answer after `</think>`; none: twice the longest reference, at least 64."""
+
+
+@dataclass(frozen=True)
+class GrpoConfig:
+    steps: int = 200
+    """Optimizer steps of `make grpo` (each one samples num_generations completions of prompts_per_step prompts)."""
+    num_generations: int = 8
+    """Completions sampled per prompt; their rewards are compared with each other (the group in GRPO)."""
+    prompts_per_step: int = 1
+    """Prompts per optimizer step; the batch is prompts_per_step x num_generations completions."""
+    max_completion_length: int = 512
+    """Longest sampled completion (reasoning, `</think>` and answer) in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the completions: GRPO learns only from groups whose rewards differ."""
+    beta: float = 0.0
+    """KL penalty towards the SFT adapter (a frozen copy of it); 0 drops the reference model and saves memory."""
+    learning_rate: float = 5e-6
+    """Peak learning rate of the adapter during GRPO."""
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    """Reward components and their weights."""
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str = ""
     """Recipe name; defaults to the file name and names the run folders."""
@@ -239,6 +273,8 @@ class Recipe:
     """Generation settings for `make eval`."""
     export: ExportConfig = field(default_factory=ExportConfig)
     """GGUF export settings for `make gguf`."""
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    """Reinforcement after SFT (`make grpo`): sampling, rewards and optimisation."""
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Named sets of overrides (same keys as the recipe) for `cpu`, `4060`, `4090`, ...; one is applied."""
 
@@ -301,7 +337,24 @@ def check(recipe: Recipe) -> list[tuple[str, str]]:
     need(recipe.eval.samples >= 1, "eval.samples", f"must be at least 1, got {recipe.eval.samples}")
     need(recipe.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be at least 1")
     need(recipe.eval.batch_size >= 1, "eval.batch_size", "must be at least 1")
+    _check_grpo(recipe.grpo, need)
     return problems
+
+
+def _check_grpo(g: GrpoConfig, need) -> None:
+    for key in ("steps", "prompts_per_step", "max_completion_length"):
+        need(getattr(g, key) >= 1, f"grpo.{key}", f"must be at least 1, got {getattr(g, key)}")
+    need(g.num_generations >= 2, "grpo.num_generations",
+         f"must be at least 2 (GRPO compares completions of the same prompt), got {g.num_generations}")
+    need(g.temperature > 0, "grpo.temperature", f"must be above 0 (sampling), got {g.temperature}")
+    need(g.beta >= 0, "grpo.beta", f"must be 0 or more, got {g.beta}")
+    need(g.learning_rate > 0, "grpo.learning_rate", f"must be above 0, got {g.learning_rate}")
+    r = g.rewards
+    need(r.format >= 0 and r.correctness >= 0, "grpo.rewards", "weights must be 0 or more")
+    need(r.format + r.correctness > 0, "grpo.rewards", "at least one reward needs a weight above 0")
+    need(0 < r.rouge_threshold <= 1, "grpo.rewards.rouge_threshold", f"must be in (0, 1], got {r.rouge_threshold}")
+    need(r.max_answer_chars is None or r.max_answer_chars >= 1, "grpo.rewards.max_answer_chars",
+         f"must be at least 1 or none, got {r.max_answer_chars}")
 
 
 def _check_source(source: Source, prefix: str, need) -> None:
