@@ -156,8 +156,8 @@ def test_history_answer_quoting_a_closer_is_not_cut_by_the_template(tokenizer):
     messages = [Message("user", "q1"), Message("assistant", "use </think> here", "r1"),
                 Message("user", "q2"), Message("assistant", "a2", "r2")]
     _, second = render_turns(messages, tokenizer)
-    assert second.prompt == ("<｜begin▁of▁sentence｜><｜User｜>q1<｜Assistant｜>\n\nuse </think> here<｜end▁of▁sentence｜>"
-                             "<｜User｜>q2<｜Assistant｜><think>\n")
+    assert second.prompt == ("<｜begin▁of▁sentence｜><｜User｜>q1<｜Assistant｜>\n\nuse </think> here"
+                             "<｜end▁of▁sentence｜><｜User｜>q2<｜Assistant｜><think>\n")
     assert ("use </think> here", True) in second.prompt_parts
 
 
