@@ -85,8 +85,7 @@ class Source:
     format: Format = "messages"
     """Row layout: alpaca, sharegpt, messages, reasoning (column-mapped) or classification."""
     name: str | None = None
-    """Hub dataset configuration (subset) name, e.g. `en` for medical-o1-reasoning-SFT; for a dataset_info.json,
-    the dataset's key."""
+    """Hub dataset subset, e.g. `en` for medical-o1-reasoning-SFT; with a dataset_info.json, the dataset's key."""
     split: str = "train"
     """Split to read from a hub dataset (ignored for local files)."""
     columns: Columns = field(default_factory=Columns)
