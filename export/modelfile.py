@@ -53,7 +53,8 @@ TEMPLATE = (
     "{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
     '{{- if eq .Role "user" }}' + USER + "{{ .Content }}\n"
     '{{- else if eq .Role "assistant" }}' + ASSISTANT + "\n"
-    "{{- if $last }}{{ if .Thinking }}" + THINK_OPEN + "\n{{ .Thinking }}\n" + THINK_CLOSE + "\n\n{{ end }}{{ .Content }}\n"
+    "{{- if $last }}{{ if .Thinking }}" + THINK_OPEN + "\n{{ .Thinking }}\n" + THINK_CLOSE
+    + "\n\n{{ end }}{{ .Content }}\n"
     "{{- else }}{{ if .Thinking }}\n\n{{ end }}{{ .Content }}{{ $eos }}\n"
     "{{- end }}\n"
     "{{- end }}\n"

@@ -196,3 +196,14 @@ def test_every_bundled_sample_renders_with_its_recipe(name, tokenizer):
     first = prepared.train[0]
     assert first.labels[-1] == tokenizer.eos_token_id and "</think>" in tokenizer.decode(
         [x for x in first.labels if x != -100])
+
+
+def test_summary_as_data_lists_every_drop_with_where_and_why(tmp_path, tokenizer):
+    rows = [{"question": f"q{i}", "reasoning": "r", "answer": "a"} for i in range(5)]
+    rows[1]["question"] = "\t"
+    path = write_rows(tmp_path / "d.jsonl", rows)
+    summary = prepare(recipe(path, val_size=1), tokenizer).report.as_dict()
+    assert summary["rows_read"] == 5 and summary["examples"] == {"train": 3, "eval": 1}
+    assert summary["dropped"] == [{"where": f"{path}:2", "why": "empty question"}]
+    assert summary["sources"][0].endswith("3 for training, 1 for eval (after dropping 1)")
+    json.dumps(summary)  # it is printed as a JSON line

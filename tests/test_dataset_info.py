@@ -15,8 +15,8 @@ from trainer.formats import Message
 
 ALPACA = [{"instruction": f"Add {i} and 1.", "input": "", "output": f"<think>\n{i}+1\n</think>\n\n{i + 1}",
            "system": "Be exact.", "history": [["Hi", "Hello."]]} for i in range(6)]
-SHAREGPT = [{"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"r{i}\n</think>\n\na{i}"}],
-             "system": "sys"} for i in range(5)]
+SHAREGPT = [{"conversations": [{"from": "human", "value": f"q{i}"},
+                               {"from": "gpt", "value": f"r{i}\n</think>\n\na{i}"}], "system": "sys"} for i in range(5)]
 OPENAI = [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": f"u{i}"},
                         {"role": "assistant", "content": f"a{i}"}]} for i in range(4)]
 INFO = {

@@ -1,4 +1,4 @@
-"""The one R1 module: tokens and ids agree with the real tokenizer, and the one reasoning splitter, whole or streamed."""
+"""The one R1 module: tokens and ids agree with the real tokenizer; one reasoning splitter, whole or streamed."""
 from __future__ import annotations
 
 import random
@@ -28,7 +28,8 @@ def test_generation_prompt_is_what_the_template_appends():
 
     rendered = Template(r1.chat_template()).render(messages=[{"role": "user", "content": "hi"}],
                                                     add_generation_prompt=True, bos_token=r1.BOS)
-    assert rendered == f"{r1.BOS}{r1.USER}hi" + "<｜Assistant｜><think>\n" == f"{r1.BOS}{r1.USER}hi{r1.GENERATION_PROMPT}"
+    assert rendered == f"{r1.BOS}{r1.USER}hi" + "<｜Assistant｜><think>\n"
+    assert rendered == f"{r1.BOS}{r1.USER}hi{r1.GENERATION_PROMPT}"
 
 
 # --- split_reasoning ---------------------------------------------------------------------------

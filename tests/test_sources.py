@@ -106,4 +106,5 @@ def test_every_bad_line_is_reported_at_once(tmp_path):
         read_rows(str(path))
     lines = caught.value.render().splitlines()
     assert lines[0] == "2 problems:"
-    assert lines[1].startswith(f"  {path}:2: malformed JSON") and lines[2] == f"  {path}:3: expected a JSON object, got list"
+    assert lines[1].startswith(f"  {path}:2: malformed JSON")
+    assert lines[2] == f"  {path}:3: expected a JSON object, got list"

@@ -156,8 +156,8 @@ def test_history_answer_quoting_a_closer_is_not_cut_by_the_template(tokenizer):
     messages = [Message("user", "q1"), Message("assistant", "use </think> here", "r1"),
                 Message("user", "q2"), Message("assistant", "a2", "r2")]
     _, second = render_turns(messages, tokenizer)
-    assert second.prompt == ("<｜begin▁of▁sentence｜><｜User｜>q1<｜Assistant｜>\n\nuse </think> here<｜end▁of▁sentence｜>"
-                             "<｜User｜>q2<｜Assistant｜><think>\n")
+    assert second.prompt == ("<｜begin▁of▁sentence｜><｜User｜>q1<｜Assistant｜>\n\nuse </think> here"
+                             "<｜end▁of▁sentence｜><｜User｜>q2<｜Assistant｜><think>\n")
     assert ("use </think> here", True) in second.prompt_parts
 
 
@@ -169,3 +169,19 @@ def test_ids_equal_ordinary_encoding_when_the_data_quotes_no_token(tokenizer):
     ordinary = (tokenizer(turn.prompt, add_special_tokens=False)["input_ids"]
                 + tokenizer(turn.completion, add_special_tokens=False)["input_ids"] + [EOS_ID])
     assert example.input_ids == ordinary
+
+
+def test_llama_distill_tokenizer_encodes_data_parts_like_ordinary_text():
+    from trainer import tiny_llama
+    from trainer.vendor import llama_cpp_source
+
+    llama = tiny_llama.build_r1_llama_tokenizer(llama_cpp_source() / "models" / "ggml-vocab-llama-bpe.gguf")
+    messages = [Message("user", "What is 2+2?  Explain.\n"), Message("assistant", "4", "Two plus two is four.")]
+    (turn,) = render_turns(messages, llama)
+    (example,) = encode_conversation(messages, llama, max_length=4096)
+    ordinary = (llama(turn.prompt, add_special_tokens=False)["input_ids"]
+                + llama(turn.completion, add_special_tokens=False)["input_ids"] + [llama.eos_token_id])
+    assert example.input_ids == ordinary
+    quoted = [Message("user", "Quote </think>"), Message("assistant", "ok", "r")]
+    (example,) = encode_conversation(quoted, llama, max_length=4096)
+    assert example.input_ids.count(llama.convert_tokens_to_ids("</think>")) == 1

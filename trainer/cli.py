@@ -230,7 +230,7 @@ def preview_command(args) -> int:
     conversations = load_conversations(recipe)
     tokenizer = load_tokenizer(recipe.model)
     prepared = encode(conversations, tokenizer, recipe)
-    print_examples(prepared, tokenizer, limit=args.limit, as_json=args.json, ids=args.ids)
+    print_examples(prepared, tokenizer, limit=args.limit, as_json=args.json or args.ids, ids=args.ids)
     return 0
 
 
@@ -324,7 +324,8 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--limit", type=int, default=3, help="examples to show (default 3)")
     preview.add_argument("--json", action="store_true",
                          help='one JSON object per example on stdout, then a {"summary": ...} line')
-    preview.add_argument("--ids", action="store_true", help="with --json: add each example's input_ids and labels")
+    preview.add_argument("--ids", action="store_true",
+                         help="JSON with each example's input_ids and labels (-100 where masked)")
     preview.set_defaults(command=preview_command)
     evaluate = commands.add_parser("eval", help="compare the base and the trained model on the eval rows")
     evaluate.add_argument("run", nargs="?", default="latest", help="run folder, or `latest` (default)")

@@ -81,11 +81,11 @@ class Tags:
 @dataclass(frozen=True)
 class Source:
     path: str = ""
-    """Data file (.jsonl, .json, .csv, .parquet), a hub dataset id, or a LLaMA-Factory dataset_info.json (with `name`)."""
+    """Data file (.jsonl, .json, .csv, .parquet), a hub dataset id, or LLaMA-Factory's dataset_info.json (+ `name`)."""
     format: Format = "messages"
     """Row layout: alpaca, sharegpt, messages, reasoning (column-mapped) or classification."""
     name: str | None = None
-    """Hub dataset configuration (subset) name, e.g. `en` for medical-o1-reasoning-SFT; with a dataset_info.json, the dataset's key."""
+    """Hub dataset subset, e.g. `en` for medical-o1-reasoning-SFT; with a dataset_info.json, the dataset's key."""
     split: str = "train"
     """Split to read from a hub dataset (ignored for local files)."""
     columns: Columns = field(default_factory=Columns)

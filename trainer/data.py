@@ -1,8 +1,9 @@
 """From a recipe's data section to tokenized, masked train and eval examples, with a report of what happened.
 
-Order of operations: read -> seeded shuffle -> max_samples -> eval split -> rows to conversations -> mix in
-extra sources by ratio -> render and mask through the chat template -> truncate or drop what is too long.
-Nothing is silently lost: every dropped or cut row is counted in `DataReport`.
+Order of operations: read (a LLaMA-Factory dataset_info.json entry is resolved first) -> seeded shuffle ->
+max_samples -> rows to conversations (bad rows collected, empty ones dropped) -> eval split -> mix in extra
+sources by ratio -> render and mask through the chat template -> truncate or drop what is too long.
+Nothing is silently lost: every dropped or cut row is counted in `DataReport`, and every bad row is reported.
 """
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def load_conversations(recipe: Recipe) -> Conversations:
     data, seed, report, problems = recipe.data, recipe.train.seed, DataReport(), []
     main, num_samples = _described(data, "data")
     rows = _sampled(read_rows(main.path, name=main.name, split=main.split), data.shuffle, seed, num_samples)
-    report.rows_read += len(rows)
+    read = len(rows)
+    report.rows_read += read
     rows = rows[: data.max_samples] if data.max_samples else rows
     conversations = _conversations(rows, main, report, problems)
     evals: list[Conversation] = []
@@ -120,7 +122,7 @@ def load_conversations(recipe: Recipe) -> Conversations:
         evals, train = conversations[:n_eval], conversations[n_eval:]
     if data.eval_max_samples:
         evals = evals[: data.eval_max_samples]
-    report.sources.append(f"{data.path}: {len(rows)} rows read, {len(train)} for training, {len(evals)} for eval"
+    report.sources.append(f"{data.path}: {read} rows read, {len(train)} for training, {len(evals)} for eval"
                           + _after_drops(report))
     train += _mixed(data, seed, len(train), report, problems)
     if problems:

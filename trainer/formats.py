@@ -172,7 +172,7 @@ _FORMATS = {"reasoning": _reasoning, "alpaca": _alpaca, "sharegpt": _sharegpt, "
 
 
 def _assistant(text: str) -> Message:
-    """An inline reply: `<think>R</think>A` or R1-distilled `R\\n</think>\\n\\nA` split; with no `</think>`, all answer."""
+    """An inline reply: `<think>R</think>A` or R1-distilled `R\\n</think>\\n\\nA` split; no `</think>`: all answer."""
     split = split_reasoning(text, stop_at_eos=False)
     return Message("assistant", split.answer, split.reasoning) if split.closed else Message("assistant", text.strip())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from trainer.formats import Message
-from trainer.template import prompt_text
+from trainer.template import encode_parts, prompt_parts
 
 
 def history_of(messages: list[Message]) -> list[Message]:
@@ -18,13 +18,14 @@ def generate(model, tokenizer, histories: list[list[Message]], max_new_tokens: i
     """Completions (reasoning, `</think>`, answer) for each history; greedy unless a temperature is given."""
     import torch
 
-    prompts = [prompt_text(h, tokenizer) for h in histories]
+    # Encoded as training encodes them (data text never becomes a special token), so eval prompts match.
+    prompts = encode_parts([tuple(prompt_parts(h, tokenizer)) for h in histories], tokenizer)
     outputs: list[str] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation appends on the right, so pad on the left
     try:
         for batch in _batches(prompts, batch_size, progress):
-            encoded = tokenizer(batch, add_special_tokens=False, return_tensors="pt", padding=True)
+            encoded = tokenizer.pad({"input_ids": batch}, return_tensors="pt", padding=True)
             encoded = {k: v.to(model.device) for k, v in encoded.items()}
             sampling = dict(do_sample=True, temperature=temperature, top_p=0.95) if temperature > 0 else \
                 dict(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -38,7 +39,7 @@ def generate(model, tokenizer, histories: list[list[Message]], max_new_tokens: i
     return outputs
 
 
-def _batches(items: list[str], size: int, progress: bool) -> Iterator[list[str]]:
+def _batches(items: list, size: int, progress: bool) -> Iterator[list]:
     starts = range(0, len(items), size)
     if progress:
         from tqdm.auto import tqdm
