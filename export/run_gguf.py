@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.gguf import check_quant_type
-from export.pipeline import GGUF_DIR
 from trainer.config import Recipe
 from trainer.errors import UserError
+from trainer.runs import RunFolder
 
 EXPORT_SUMMARY = "export.json"
 
@@ -34,7 +34,7 @@ def context_length(recipe: Recipe) -> int:
 
 def gguf_for_quant(run_dir: Path, quant: str) -> Path:
     """Where `make gguf` writes the `quant` file of this run (it may not exist yet)."""
-    return run_dir / GGUF_DIR / f"{run_dir.name}-{check_quant_type(quant)}.gguf"
+    return RunFolder(run_dir).gguf / f"{run_dir.name}-{check_quant_type(quant)}.gguf"
 
 
 def choose_gguf(run_dir: Path, quant: str | None = None) -> Chosen | None:
@@ -47,11 +47,11 @@ def choose_gguf(run_dir: Path, quant: str | None = None) -> Chosen | None:
         files = summary.get("files") or []
         if files:
             # Paths are stored absolute; take the name, so a moved or copied run folder still works.
-            path = run_dir / GGUF_DIR / Path(str(files[-1].get("path", ""))).name
+            path = RunFolder(run_dir).gguf / Path(str(files[-1].get("path", ""))).name
             if path.is_file():
                 passed = summary.get("passed") if summary.get("checks") else None
                 return Chosen(path, "the file `make gguf` wrote last", passed)
-    found = sorted((run_dir / GGUF_DIR).glob("*.gguf"), key=lambda p: p.stat().st_mtime)
+    found = sorted((RunFolder(run_dir).gguf).glob("*.gguf"), key=lambda p: p.stat().st_mtime)
     return Chosen(found[-1], "the newest GGUF in the run") if found else None
 
 
@@ -60,7 +60,7 @@ def require_gguf(run_dir: Path, quant: str | None = None) -> Chosen:
     if chosen is None:
         what = f"no {quant} GGUF" if quant else "no GGUF"
         fix = f"make gguf RUN={run_dir}" + (f" QUANT={quant}" if quant else "")
-        raise UserError(f"{what} in this run yet", where=str(run_dir / GGUF_DIR), fix=f"run `{fix}` first")
+        raise UserError(f"{what} in this run yet", where=str(RunFolder(run_dir).gguf), fix=f"run `{fix}` first")
     return chosen
 
 
@@ -72,12 +72,12 @@ def describe(chosen: Chosen) -> str:
 
 def run_of_gguf(gguf: Path) -> Path | None:
     """The run folder a `runs/<run>/gguf/<file>.gguf` belongs to, if it is one."""
-    run_dir = gguf.resolve().parent.parent
-    return run_dir if gguf.resolve().parent.name == GGUF_DIR and (run_dir / "config.yaml").is_file() else None
+    run = RunFolder(gguf.resolve().parent.parent)
+    return run.path if gguf.resolve().parent == run.gguf and run.config.is_file() else None
 
 
 def _last_export(run_dir: Path) -> dict | None:
-    path = run_dir / GGUF_DIR / EXPORT_SUMMARY
+    path = RunFolder(run_dir).gguf / EXPORT_SUMMARY
     try:
         return json.loads(path.read_text("utf-8"))
     except (OSError, ValueError):
