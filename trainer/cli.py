@@ -22,12 +22,14 @@ def train_command(args) -> int:
     from trainer.data import encode, load_conversations, save_conversations
     from trainer.hardware import detect
     from trainer.model import load_for_training, load_tokenizer, start_engine
+    from trainer.hub import require_recipe_hub_ids
     from trainer.recipe import save_resolved
     from trainer.runs import RunLog, mark_complete
     from trainer.train import train
 
     hardware = detect()
     recipe = _recipe(args, hardware)
+    require_recipe_hub_ids(recipe)  # one line now, not a minute of download retries later
     if args.gpus is not None and not launched():
         return launch_training(args, recipe, hardware)
     start_engine(recipe, hardware)
