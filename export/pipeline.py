@@ -139,7 +139,8 @@ def summary(result: ExportResult) -> dict:
     return {"merged": str(result.merged.path), "merge_seconds": round(result.merged.seconds, 2),
             "files": [{"path": str(s.path), "seconds": round(s.seconds, 2), "skipped": s.skipped,
                        "bytes": s.path.stat().st_size} for s in result.steps],
-            "checks": [asdict(c) for c in result.checks], "passed": result.passed,
+            "checks": [asdict(c) for c in result.checks], "verified": bool(result.checks),
+            "passed": result.passed if result.checks else None,  # not verified: neither good nor bad
             "seconds": round(result.seconds, 2), "peak_rss_gib": round(result.peak_rss_gib, 3),
             "tools_peak_rss_gib": round(result.tools_peak_rss_gib, 3)}
 

@@ -26,13 +26,16 @@ TIE_TOLERANCE = 0.05
 products, which moves logits by a few hundredths (0.03-0.04 at most on the tiny model)."""
 
 PERPLEXITY_TOLERANCE: dict[str, float] = {
-    "f16": 0.01, "bf16": 0.02, "q8_0": 0.02, "q6_k": 0.04, "q5_k_m": 0.06, "q4_k_m": 0.10,
+    "f16": 0.01, "bf16": 0.02, "q8_0": 0.02, "q6_k": 0.05, "q5_k_m": 0.10, "q4_k_m": 0.15,
 }
 """Largest rise of a GGUF's perplexity on the run's held-out texts over its reference (the merged HF model for
-f16/bf16, the f16 file for quantized types), as a fraction: 0.10 allows 10% higher. llama.cpp's own tables for
-7-8B models put q8_0 within 0.1%, q6_k about 0.5%, q5_k_m about 1% and q4_k_m about 2-4% above f16; the limits
-leave room for small models and short eval sets (the tiny model's measured figures are in README.md), and still
-catch a broken file, whose perplexity is several times higher."""
+f16/bf16, the f16 file for quantized types), as a fraction: 0.15 allows 15% higher.
+
+llama.cpp's tables for 7-8B models put q8_0 within 0.1% of f16, q6_k about 0.5%, q5_k_m about 1% and q4_k_m
+about 2-4%. Small models lose more: on the tiny model (rows 64 wide, so llama-quantize falls back from k-quants
+to q5_0/q5_1/q8_0) trained 12 steps on `news`, gguf-py's reference quantizers applied to the weights gave q8_0
++0.8%, q4_k_m's type mix +10.5% and f16 rounding -0.05% (16 held-out rows, 249 tokens; an estimate made without
+llama.cpp itself, see README). A broken file (another model, a wrong tokenizer) is several times higher."""
 
 PERPLEXITY_TOKENS = 4096
 """Scored tokens read from eval_data.jsonl at most: enough for a stable mean, minutes at most for a 7B file on a CPU."""
