@@ -470,3 +470,26 @@ def test_perplexity_is_exp_of_the_mean_nll_over_scored_positions() -> None:
     logits = np.log(np.array([[0.5, 0.25, 0.25], [0.25, 0.25, 0.5], [0.25, 0.25, 0.5], [1 / 3, 1 / 3, 1 / 3]]))
     labels = (-100, -100, 2, 0)  # position 1 predicts label 2 (p 0.5), position 2 predicts label 0 (p 0.25)
     assert verify._perplexity([(logits, labels)]) == pytest.approx(math.exp(-(math.log(0.5) + math.log(0.25)) / 2))
+
+
+def test_held_out_texts_score_the_replies_of_the_runs_eval_rows(tiny_path: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    rows = [{"where": "x:1", "messages": [{"role": "user", "content": "新闻分类:球队夺冠"},
+                                          {"role": "assistant", "content": "体育", "reasoning": "标题提到球队。"}]},
+            {"where": "x:2", "messages": [{"role": "user", "content": "Question about zebras?"},
+                                          {"role": "assistant", "content": "hello", "reasoning": None}]}]
+    (tmp_path / "eval_data.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                              encoding="utf-8")
+    held_out = verify.held_out_texts(tmp_path, tiny_path)
+    assert held_out.source.startswith("2 held-out rows of eval_data.jsonl")
+    tok = AutoTokenizer.from_pretrained(str(tiny_path))
+    for (ids, labels), row in zip(held_out.sequences, rows, strict=True):
+        scored = tok.decode([t for t, label in zip(ids, labels) if label != -100])
+        reply = row["messages"][1]
+        assert scored.endswith(reply["content"] + tok.eos_token)  # the reply and its end are scored ...
+        assert row["messages"][0]["content"] not in scored  # ... the prompt is not
+    # A run that kept no eval rows falls back to the built-in texts, every token scored.
+    (tmp_path / "eval_data.jsonl").unlink()
+    fallback = verify.held_out_texts(tmp_path, tiny_path)
+    assert "built-in texts" in fallback.source and all(ids == labels for ids, labels in fallback.sequences)
