@@ -21,6 +21,9 @@ def gguf_command(args) -> int:
     from trainer.recipe import load_resolved
     from trainer.runs import require_complete
 
+    from trainer.model import hide_weight_loading_bar
+
+    hide_weight_loading_bar()  # the merge and the checks load models: no library bars before our lines
     run_dir = require_complete(resolve_run(args.run))
     recipe = load_resolved(run_dir)
     quants = args.quant.split(",") if args.quant else list(recipe.export.quantizations)
