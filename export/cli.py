@@ -26,10 +26,13 @@ def export_gguf(run_dir: Path, quant: str | None, verify: bool = True) -> int:
     from export.gguf import check_quant_type
     from export.llamacpp import tools
     from export.modelfile import run_commands, write_modelfile
-    from export.pipeline import export_run
+    from export.pipeline import export_run, verdicts
     from export.run_gguf import context_length
     from trainer.recipe import load_resolved
 
+    from trainer.model import hide_weight_loading_bar
+
+    hide_weight_loading_bar()  # the merge and the checks load models: no library bars before our lines
     recipe = load_resolved(run_dir)
     if quant:
         quants = [check_quant_type(q, where=f"QUANT={quant} (overrides export.quantizations)")
@@ -40,6 +43,9 @@ def export_gguf(run_dir: Path, quant: str | None, verify: bool = True) -> int:
                         say=lambda text: print(text, file=sys.stderr, flush=True))
     for check in result.checks:
         print(f"  {check_mark(check)} {check.name}: {check.summary}")
+    if result.checks:
+        print("\n".join(f"{name}: {'good' if good else 'NOT GOOD (see FAIL above)'}"
+                        for name, good in verdicts(result)))
     main_file = result.steps[-1].path
     others = sorted(p.name for p in main_file.parent.glob("*.gguf") if p != main_file)
     context = context_length(recipe)
@@ -53,18 +59,16 @@ def export_gguf(run_dir: Path, quant: str | None, verify: bool = True) -> int:
           f"run it:\n  {commands.llama_cli}\n  {commands.ollama_create}\n  {commands.ollama_run}\n"
           f"  make serve RUN={run_dir}    (an OpenAI-compatible server)")
     if result.checks and not result.passed:
-        print("error: the GGUF does not behave like the merged model (see FAIL above)", file=sys.stderr)
+        print("error: a GGUF file does not behave like the merged model (see FAIL above); do not ship it",
+              file=sys.stderr)
         return 1
+    if not result.checks:
+        print("not verified (--no-verify): run make gguf again without it to check the files")
     return 0
 
 
 def check_mark(check) -> str:
-    """`ok`, `FAIL`, or `note` for a measurement that is reported but not required (top-1 below q8_0)."""
-    from export.pipeline import is_required
-
-    if check.passed:
-        return "ok  "
-    return "FAIL" if is_required(check) else "note"
+    return "ok  " if check.passed else "FAIL"
 
 
 def chat_command(args) -> int:

@@ -25,6 +25,21 @@ TIE_TOLERANCE = 0.05
 """Logit gap under which the f16 GGUF may pick HF's runner-up: llama.cpp rounds activations to f16 in its matrix
 products, which moves logits by a few hundredths (0.03-0.04 at most on the tiny model)."""
 
+PERPLEXITY_TOLERANCE: dict[str, float] = {
+    "f16": 0.01, "bf16": 0.02, "q8_0": 0.02, "q6_k": 0.05, "q5_k_m": 0.10, "q4_k_m": 0.15,
+}
+"""Largest rise of a GGUF's perplexity on the run's held-out texts over its reference (the merged HF model for
+f16/bf16, the f16 file for quantized types), as a fraction: 0.15 allows 15% higher.
+
+llama.cpp's tables for 7-8B models put q8_0 within 0.1% of f16, q6_k about 0.5%, q5_k_m about 1% and q4_k_m
+about 2-4%. Small models lose more: on the tiny model (rows 64 wide, so llama-quantize falls back from k-quants
+to q5_0/q5_1/q8_0) trained 12 steps on `news`, gguf-py's reference quantizers applied to the weights gave q8_0
++0.8%, q4_k_m's type mix +10.5% and f16 rounding -0.05% (16 held-out rows, 249 tokens; an estimate made without
+llama.cpp itself, see README). A broken file (another model, a wrong tokenizer) is several times higher."""
+
+PERPLEXITY_TOKENS = 4096
+"""Scored tokens read from eval_data.jsonl at most: enough for a stable mean, minutes at most for a 7B file on a CPU."""
+
 # Prompt sets. Tokenizer cases cover what breaks BPE ports: pre-tokenizer splits (digits, spaces, newlines,
 # punctuation), multi-byte scripts and emoji, and special tokens written as text.
 TOKENIZATION_TEXTS: dict[str, str] = {
@@ -210,6 +225,87 @@ def check_chat_template(gguf: Path, expected: str | None = None) -> CheckResult:
         detail = f"differs at character {at}: gguf {stored[at:at + 40]!r} vs expected {expected[at:at + 40]!r}"
     return CheckResult("chat_template", False, "GGUF chat template differs from the original R1 template",
                        {"chars": len(stored or "")}, (detail,))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Token sequences to score, each with the positions that count (labels; -100 elsewhere), and their origin."""
+
+    sequences: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
+    source: str
+
+
+def held_out_texts(run_dir: Path, hf_dir: Path, max_tokens: int = PERPLEXITY_TOKENS) -> HeldOut:
+    """The run's held-out conversations (eval_data.jsonl) encoded as in training, the reply tokens scored;
+    the built-in texts (every token scored) when the run kept no eval rows."""
+    from trainer.data import read_conversations
+    from trainer.template import encode_conversation
+
+    tok = _hf_tokenizer(str(hf_dir))
+    path = Path(run_dir) / "eval_data.jsonl"
+    conversations = read_conversations(path) if path.is_file() else []
+    sequences, scored = [], 0
+    for conversation in conversations:
+        for encoded in encode_conversation(conversation.messages, tok, 4096):
+            if encoded is None or scored >= max_tokens:
+                continue
+            sequences.append((tuple(encoded.input_ids), tuple(encoded.labels)))
+            scored += sum(label != -100 for label in encoded.labels[1:])
+    if sequences:
+        return HeldOut(tuple(sequences), f"{len(sequences)} held-out rows of eval_data.jsonl ({scored} tokens)")
+    ids = [tuple(tok(t).input_ids) for t in AGREEMENT_TEXTS]
+    return HeldOut(tuple((i, i) for i in ids), f"the {len(ids)} built-in texts (this run kept no eval rows)")
+
+
+def hf_perplexity(hf_dir: Path, held_out: HeldOut) -> float:
+    """Perplexity of the merged HF model (float32) on the held-out sequences' scored positions."""
+    model = _hf_model(str(hf_dir))
+    return _perplexity([(_hf_logits(model, list(ids)), labels) for ids, labels in held_out.sequences])
+
+
+def gguf_perplexity(gguf: Path, held_out: HeldOut) -> float:
+    """Perplexity of a GGUF (llama.cpp's logits through llama-cpp-python) on the same positions."""
+    longest = max(len(ids) for ids, _ in held_out.sequences)
+    with _llama(gguf, n_ctx=longest, logits_all=True) as llm:
+        scored = []
+        for ids, labels in held_out.sequences:
+            llm.reset()
+            llm.eval(list(ids))
+            scored.append((llm.scores[: len(ids)].copy(), labels))
+    return _perplexity(scored)
+
+
+def _perplexity(scored: list[tuple[Any, tuple[int, ...]]]) -> float:
+    """exp(mean negative log-likelihood), logits at t predicting label t+1 wherever that label is not -100."""
+    import math
+
+    import numpy as np
+
+    total, count = 0.0, 0
+    for logits, labels in scored:
+        target = np.array(labels[1:])
+        keep = target != -100
+        rows = logits[:-1][keep].astype(np.float64)
+        peak = rows.max(axis=-1, keepdims=True)
+        log_z = (peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=-1)))
+        total += float((log_z - rows[np.arange(len(rows)), target[keep]]).sum())
+        count += int(keep.sum())
+    return math.exp(total / count) if count else float("nan")
+
+
+def check_perplexity(gguf: Path, qtype: str, perplexity: float, reference: float, reference_name: str,
+                     source: str) -> CheckResult:
+    """The file's perplexity may exceed its reference's by at most `PERPLEXITY_TOLERANCE[qtype]`."""
+    tolerance = PERPLEXITY_TOLERANCE[qtype]
+    ratio = perplexity / reference
+    passed = ratio <= 1 + tolerance  # NaN (nothing scored, or broken logits) fails
+    verdict = "within" if passed else "OVER"
+    return CheckResult(
+        "perplexity", passed,
+        f"{gguf.name}: perplexity {perplexity:.4g} vs {reference:.4g} for {reference_name} ({ratio - 1:+.2%}; "
+        f"{verdict} the {qtype} limit of +{tolerance:.0%}) on {source}",
+        {"file": gguf.name, "type": qtype, "perplexity": perplexity, "reference": reference, "ratio": ratio,
+         "tolerance": tolerance})
 
 
 @functools.lru_cache(maxsize=1)

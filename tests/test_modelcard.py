@@ -19,6 +19,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
     ("deepseek-ai/DeepSeek-R1-Distill-Llama-8B", "mit", "llama3.1"),
     ("deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "mit", "llama3.3"),
     ("someone/unknown-model", "other", "not known"),
+    ("tiny", "other", "random weights"),
 ])
 def test_the_base_models_license(base, license_id, mentions):
     found, line = base_license(base)

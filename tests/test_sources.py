@@ -79,7 +79,9 @@ def test_hub_dataset_without_network_says_how_to_use_a_local_file(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(UserError) as caught:
         read_rows("FreedomIntelligence/medical-o1-reasoning-SFT", name="en")
-    assert "cannot load hub dataset FreedomIntelligence/medical-o1-reasoning-SFT/en[train]" in caught.value.message
+    # Refused before the datasets library starts its retries (trainer.hub).
+    assert "dataset 'FreedomIntelligence/medical-o1-reasoning-SFT' is not in the local Hugging Face cache" in \
+        caught.value.message
     assert "data.path=/path/to/file.jsonl" in caught.value.fix
 
 

@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 def train_command(args) -> int:
     from trainer.preflight import check_before_training
 
+    from trainer.hub import require_recipe_hub_ids
+
     recipe, hardware = _recipe_and_hardware(args)
+    require_recipe_hub_ids(recipe)  # one line now, not a minute of download retries later
     if args.gpus is not None and not launched():
         return launch_training(args, recipe, hardware)
     if not launched():  # a launched process's parent checked already

@@ -36,6 +36,10 @@ def base_path(model: ModelConfig) -> str:
         from trainer.tiny import tiny_model_path
 
         return str(tiny_model_path())
+    if not Path(model.base).expanduser().exists():
+        from trainer.hub import require_hub
+
+        require_hub(model.base, "model.base")  # at once, rather than after a minute of retries
     return model.base
 
 

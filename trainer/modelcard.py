@@ -23,7 +23,8 @@ R1_LICENSES = {"Llama-8B": "llama3.1", "Llama-70B": "llama3.3"}
 def base_license(base: str) -> tuple[str, str]:
     """(Hub license id, one line for the card) of the base model, as far as it can be known offline."""
     if base == TINY:
-        return "mit", "The embedded tiny test model is built by this project from random weights; no third-party terms."
+        return "other", ("The embedded tiny test model: random weights built by this project around Qwen2's tokenizer "
+                         "(Apache-2.0, from llama.cpp's test vocabulary); a pipeline check, not a model to share.")
     name = base.rstrip("/").split("/")[-1]
     if name.startswith("DeepSeek-R1-Distill-"):
         extra = next((lic for key, lic in R1_LICENSES.items() if key in name), None)

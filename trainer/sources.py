@@ -134,6 +134,9 @@ def _read_parquet(path: Path) -> list[Row]:
 def _read_hub(dataset_id: str, name: str | None, split: str, key: str) -> list[Row]:
     import datasets
 
+    from trainer.hub import require_hub
+
+    require_hub(dataset_id, key, "dataset")  # at once, rather than after a minute of retries
     label = f"{dataset_id}{'/' + name if name else ''}[{split}]"
     print(f"Loading {label} from the Hugging Face hub...", flush=True)
     try:

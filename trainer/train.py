@@ -233,16 +233,16 @@ def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: 
 def dataset_bars_hidden():
     """TRL runs `datasets.map` over our already encoded rows ("Truncating", "Dropping fully masked examples"):
     four progress bars of a step that takes a second and changes nothing. Hub dataset downloads keep theirs."""
-    from datasets.utils import tqdm as ds_tqdm
+    from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    was_on = not ds_tqdm.are_progress_bars_disabled()
+    was_on = not are_progress_bars_disabled()
     if was_on:
-        ds_tqdm.disable_progress_bars()
+        disable_progress_bars()
     try:
         yield
     finally:
         if was_on:
-            ds_tqdm.enable_progress_bars()
+            enable_progress_bars()
 
 
 PACKING_CHECKED_ATTENTION = ("sdpa", "eager")

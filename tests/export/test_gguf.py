@@ -405,13 +405,66 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def test_only_required_checks_fail_an_export() -> None:
+def test_the_export_passes_only_when_every_check_passes_and_names_each_files_verdict(tmp_path: Path) -> None:
     from export.cli import check_mark
-    from export.pipeline import is_required
+    from export.merge import Merged
+    from export.pipeline import ExportResult, verdicts
 
-    low = verify.CheckResult("top1_agreement", False, "76% agreement", {"file": "run-q4_k_m.gguf"})
-    high = verify.CheckResult("top1_agreement", False, "90% agreement", {"file": "run-q8_0.gguf"})
-    merge = verify.CheckResult("merge", False, "off", {})
-    assert [is_required(c) for c in (low, high, merge)] == [False, True, True]
-    assert [check_mark(c) for c in (low, high, merge)] == ["note", "FAIL", "FAIL"]
-    assert check_mark(verify.CheckResult("greedy", True, "ok", {})).strip() == "ok"
+    steps = [gguf.Step(tmp_path / f"run-{q}.gguf", 0.0) for q in ("f16", "q8_0", "q4_k_m")]
+    ppl = {q: verify.CheckResult("perplexity", True, "within", {"file": f"run-{q}.gguf"})
+           for q in ("f16", "q8_0", "q4_k_m")}
+    shared = [verify.CheckResult(n, True, "ok", {}) for n in ("merge", "tokenization", "chat_template", "greedy")]
+    result = ExportResult(Merged(tmp_path, 0.0, False, 0), steps, [*shared, *ppl.values()])
+    assert result.passed and verdicts(result) == [("run-f16.gguf", True), ("run-q8_0.gguf", True),
+                                                   ("run-q4_k_m.gguf", True)]
+    # A q4_k_m file whose perplexity is over its limit: that file is not good, and neither is the export.
+    result.checks[-1] = verify.CheckResult("perplexity", False, "OVER", {"file": "run-q4_k_m.gguf"})
+    assert not result.passed and verdicts(result)[2] == ("run-q4_k_m.gguf", False)
+    assert verdicts(result)[:2] == [("run-f16.gguf", True), ("run-q8_0.gguf", True)]
+    assert check_mark(result.checks[-1]) == "FAIL"
+    # A check every file depends on (the tokenizer) fails them all.
+    result.checks[1] = verify.CheckResult("tokenization", False, "differs", {})
+    assert [good for _, good in verdicts(result)] == [False, False, False]
+
+
+def test_perplexity_limits_exist_for_every_type_and_a_file_over_its_limit_fails() -> None:
+    assert set(verify.PERPLEXITY_TOLERANCE) == set(gguf.QUANT_TYPES)
+    path = Path("run-q4_k_m.gguf")
+    limit = verify.PERPLEXITY_TOLERANCE["q4_k_m"]
+    assert verify.check_perplexity(path, "q4_k_m", 10.0 * (1 + limit) - 1e-6, 10.0, "f16", "x").passed
+    assert not verify.check_perplexity(path, "q4_k_m", 10.0 * (1 + limit) + 1e-6, 10.0, "f16", "x").passed
+    assert not verify.check_perplexity(path, "q4_k_m", float("nan"), 10.0, "f16", "x").passed
+
+
+def test_perplexity_is_exp_of_the_mean_nll_over_scored_positions() -> None:
+    import math
+
+    import numpy as np
+
+    # Two positions predict a scored label (-100 marks the prompt): p = 0.5 and p = 0.25 by construction.
+    logits = np.log(np.array([[0.5, 0.25, 0.25], [0.25, 0.25, 0.5], [0.25, 0.25, 0.5], [1 / 3, 1 / 3, 1 / 3]]))
+    labels = (-100, -100, 2, 0)  # position 1 predicts label 2 (p 0.5), position 2 predicts label 0 (p 0.25)
+    assert verify._perplexity([(logits, labels)]) == pytest.approx(math.exp(-(math.log(0.5) + math.log(0.25)) / 2))
+
+
+def test_held_out_texts_score_the_replies_of_the_runs_eval_rows(tiny_path: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    rows = [{"where": "x:1", "messages": [{"role": "user", "content": "新闻分类:球队夺冠"},
+                                          {"role": "assistant", "content": "体育", "reasoning": "标题提到球队。"}]},
+            {"where": "x:2", "messages": [{"role": "user", "content": "Question about zebras?"},
+                                          {"role": "assistant", "content": "hello", "reasoning": None}]}]
+    (tmp_path / "eval_data.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                              encoding="utf-8")
+    held_out = verify.held_out_texts(tmp_path, tiny_path)
+    assert held_out.source.startswith("2 held-out rows of eval_data.jsonl")
+    tok = AutoTokenizer.from_pretrained(str(tiny_path))
+    for (ids, labels), row in zip(held_out.sequences, rows, strict=True):
+        scored = tok.decode([t for t, label in zip(ids, labels) if label != -100])
+        reply = row["messages"][1]
+        assert scored.endswith(reply["content"] + tok.eos_token)  # the reply and its end are scored ...
+        assert row["messages"][0]["content"] not in scored  # ... the prompt is not
+    # A run that kept no eval rows falls back to the built-in texts, every token scored.
+    (tmp_path / "eval_data.jsonl").unlink()
+    fallback = verify.held_out_texts(tmp_path, tiny_path)
+    assert "built-in texts" in fallback.source and all(ids == labels for ids, labels in fallback.sequences)

@@ -28,7 +28,7 @@ def trained(tmp_path_factory) -> Path:
     """A finished news run on the tiny model (LoRA on every linear layer, the embeddings and the head)."""
     out = tmp_path_factory.mktemp("runs")
     done = run("-m", "trainer", "train", "news", "profile=cpu", "train.max_steps=12", "train.eval_steps=null",
-               "data.val_size=0", f"train.output_dir={out}")
+               "data.val_size=8", f"train.output_dir={out}")
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = out.glob("news-*")
     return run_dir
@@ -36,21 +36,52 @@ def trained(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(trained: Path) -> tuple[Path, subprocess.CompletedProcess]:
-    return trained, run("-m", "export", "gguf", str(trained), "--quant", "q8_0")
+    return trained, run("-m", "export", "gguf", str(trained), "--quant", "q8_0,q4_k_m")
 
 
 def test_make_gguf_writes_verified_files_and_a_modelfile(exported):
     run_dir, done = exported
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    types = ("f16", "q4_k_m", "q8_0")
     names = sorted(p.name for p in (run_dir / "gguf").glob("*.gguf"))
-    assert names == [f"{run_dir.name}-f16.gguf", f"{run_dir.name}-q8_0.gguf"]
+    assert names == [f"{run_dir.name}-{t}.gguf" for t in types]
     report = json.loads((run_dir / "gguf" / "export.json").read_text())
     checks = {c["name"]: c for c in report["checks"]}
-    assert report["passed"] and set(checks) >= {"merge", "tokenization", "chat_template", "greedy", "top1_agreement"}
+    assert report["passed"] and set(checks) >= {"merge", "tokenization", "chat_template", "greedy", "top1_agreement",
+                                                "perplexity"}
+    assert report["passed"] == all(c["passed"] for c in report["checks"])
     assert checks["merge"]["numbers"]["max_relative_error"] <= 1e-4  # float32 tiny base: exact up to rounding
-    assert (run_dir / "gguf" / "Modelfile").read_text().startswith(f"FROM ./{run_dir.name}-q8_0.gguf")
+    # Every file has a perplexity check on the run's held-out rows, against the merged model or the f16 file.
+    perplexity = {c["numbers"]["file"]: c for c in report["checks"] if c["name"] == "perplexity"}
+    assert sorted(perplexity) == names
+    for check in perplexity.values():
+        numbers = check["numbers"]
+        assert check["passed"] and numbers["ratio"] <= 1 + numbers["tolerance"]
+        assert "held-out rows of eval_data.jsonl" in check["summary"]
+    assert abs(perplexity[f"{run_dir.name}-f16.gguf"]["numbers"]["ratio"] - 1) < 0.01  # f16 vs float32 HF
+    for name in names:
+        assert f"{name}: good" in done.stdout
+    assert (run_dir / "gguf" / "Modelfile").read_text().startswith(f"FROM ./{run_dir.name}-q4_k_m.gguf")
     assert "llama-cli -m" in done.stdout and "ollama create" in done.stdout
     assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]  # nothing left half-written
+
+
+def test_the_perplexity_check_fails_a_file_of_another_model(exported, tiny_path, tmp_path):
+    """The untrained base's f16 GGUF scored on the trained run's held-out rows: far over any limit."""
+    from export import gguf, verify
+
+    run_dir, _ = exported
+    merged = run_dir / "merged"
+    held_out = verify.held_out_texts(run_dir, merged)
+    assert "held-out rows of eval_data.jsonl" in held_out.source
+    trained_f16 = run_dir / "gguf" / f"{run_dir.name}-f16.gguf"
+    other = gguf.convert(tiny_path, tmp_path / "base-f16.gguf", "f16").path
+    reference = verify.gguf_perplexity(trained_f16, held_out)
+    ours = verify.check_perplexity(trained_f16, "f16", reference, verify.hf_perplexity(merged, held_out),
+                                   "the merged model", held_out.source)
+    theirs = verify.check_perplexity(other, "q8_0", verify.gguf_perplexity(other, held_out), reference, "f16",
+                                     held_out.source)
+    assert ours.passed and not theirs.passed and theirs.numbers["ratio"] > 2
 
 
 def test_merged_folder_loads_in_transformers_and_differs_from_the_base(exported, tiny_path):
@@ -69,7 +100,7 @@ def test_merged_folder_loads_in_transformers_and_differs_from_the_base(exported,
 def test_a_second_run_skips_finished_steps(exported):
     run_dir, _ = exported
     before = {p: p.stat().st_mtime_ns for p in (run_dir / "gguf").glob("*.gguf")}
-    again = run("-m", "export", "gguf", str(run_dir), "--quant", "q8_0", "--no-verify")
+    again = run("-m", "export", "gguf", str(run_dir), "--quant", "q8_0,q4_k_m", "--no-verify")
     assert again.returncode == 0, again.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in before} == before
     files = json.loads((run_dir / "gguf" / "export.json").read_text())["files"]
