@@ -133,3 +133,13 @@ def test_a_bug_still_shows_its_traceback():
 
     with pytest.raises(ValueError):
         run_command(Namespace(command=command))
+
+
+def test_several_processes_report_a_problem_once(capsys, monkeypatch):
+    def command(args):
+        raise UserError("training stopped at step 3: loss is nan", where="runs/x")
+
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert run_command(Namespace(command=command)) == 2
+    assert capsys.readouterr().err.count("loss is nan") == 1
