@@ -36,15 +36,15 @@ def train_command(args) -> int:
     resume_dir, checkpoint, notes = resumable(recipe) if args.resume else (None, None, [])
     fresh = resume_dir is None and not args.run_dir
     try:
-        _, metrics = _train(args, recipe, hardware, resume_dir, checkpoint, notes)
+        _train(args, recipe, hardware, resume_dir, checkpoint, notes)
     except BaseException:
         if fresh and is_main():
             _remove_unstarted()
         raise
-    return 0 if metrics else 1
+    return 0
 
 
-def _train(args, recipe, hardware, resume_dir, checkpoint, notes):
+def _train(args, recipe, hardware, resume_dir, checkpoint, notes) -> None:
     from trainer.data import encode, load_conversations, save_conversations
     from trainer.model import load_for_training, load_tokenizer, start_engine
     from trainer.recipe import save_resolved
@@ -73,7 +73,6 @@ def _train(args, recipe, hardware, resume_dir, checkpoint, notes):
     if is_main():
         mark_complete(run_dir)
     log.say(finished(run_dir, metrics))
-    return run_dir, metrics
 
 
 _STARTED: dict = {}
@@ -106,10 +105,8 @@ def launch_training(args, recipe, hardware) -> int:
     strategy = check_launch(recipe, args.gpus, hardware, torch.cuda.device_count())
     check_before_training(recipe)
     load_conversations(recipe)  # bad data is reported here, once, rather than by every process
-    resumed = resumable(recipe) if args.resume else None
-    for note in resumed[2] if resumed else []:
-        print(note, flush=True)
-    run_dir = resumed[0] if resumed else new_run_dir(recipe.train.output_dir, recipe.name)
+    # a resume is checked here; its warnings are shown by the first process, which also logs them
+    run_dir = resumable(recipe)[0] if args.resume else new_run_dir(recipe.train.output_dir, recipe.name)
     many = args.gpus > 1
     where = f"{args.gpus} GPU{'s' * many}" if hardware.cuda else \
         f"{args.gpus} CPU process{'es' * many} over gloo (no CUDA: a check of the path, not faster)"
