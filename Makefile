@@ -16,7 +16,8 @@ RESUME ?=
 
 # The variables above reach the commands as data, never as shell text: each is taken as written ($(value): make
 # expands nothing in it), exported, and read by trainer/makeargs.py, which builds the argument list (ARGS split
-# into words like a shell would, without running anything). A target's recipe line is `$(STAGE) <target>`.
+# into words like a shell would, without running anything). A new target is one entry in makeargs.TARGETS and
+# `name: setup` with the recipe line `$(STAGE) name`; a new variable is added to USER_VARS too.
 USER_VARS := RECIPE GPU RUN ARGS QUANT GPUS N RESUME
 $(foreach v,$(USER_VARS),$(eval override $(v) := $$(value $(v))))
 export $(USER_VARS)
