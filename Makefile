@@ -21,7 +21,8 @@ HOST ?=
 
 # The variables above reach the commands as data, never as shell text: each is taken as written ($(value): make
 # expands nothing in it), exported, and read by trainer/makeargs.py, which builds the argument list (ARGS split
-# into words like a shell would, without running anything). A target's recipe line is `$(STAGE) <target>`.
+# into words like a shell would, without running anything). A new target is one entry in makeargs.TARGETS and
+# `name: setup` with the recipe line `$(STAGE) name`; a new variable is added to USER_VARS too.
 # HOST counts only when given on make's command line: some shells export a HOST (the machine's name) of their own.
 ifneq ($(origin HOST),command line)
 HOST :=

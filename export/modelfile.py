@@ -102,7 +102,8 @@ def write_modelfile(out_dir: Path, gguf_name: str, *, system: str | None = None,
     """
     path = Path(out_dir) / "Modelfile"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, render_modelfile(gguf_name, system=system, parameters=parameters, others=others))  # atomic: never half a file
+    text = render_modelfile(gguf_name, system=system, parameters=parameters, others=others)
+    write_text(path, text)  # atomic: never half a file
     return path
 
 

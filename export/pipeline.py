@@ -162,7 +162,8 @@ def with_earlier(new: dict, path: Path) -> dict:
     checks = [c for c in old.get("checks", []) if isinstance(c, dict) and c.get("name") == "top1_agreement"
               and c.get("numbers", {}).get("file") in names]
     merged = {**new, "files": new["files"] + kept, "checks": new["checks"] + checks}
-    merged["passed"] = new["passed"] and all(c.get("passed") for c in checks if is_required(CheckResult(c.get("name", ""), False, "", c.get("numbers", {}))))
+    required = [c for c in checks if is_required(CheckResult(c.get("name", ""), False, "", c.get("numbers", {})))]
+    merged["passed"] = new["passed"] and all(c.get("passed") for c in required)
     return merged
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainer.cli import main
+from trainer.errors import UserError
 
 CASES = Path(__file__).resolve().parent / "cases"
 
@@ -154,3 +155,17 @@ def expect_one_line(capsys, code: int, expected: list[str], tmp_path: Path, line
     for part in expected:
         assert part in err, f"{part!r} not in {err!r}"
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_fault_before_the_first_step_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    """A fault after the run folder was made (here: the trainer refusing to start) removes that folder."""
+    import trainer.train
+
+    def refuse(*args, **kwargs):
+        raise UserError("the trainer could not start", where="train")
+
+    monkeypatch.setattr(trainer.train, "train", refuse)
+    code = main(["train", str(GOOD), f"train.output_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "could not start" in err, err
+    assert list((tmp_path / "runs").iterdir()) == []

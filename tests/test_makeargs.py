@@ -69,6 +69,8 @@ def test_bad_switch_and_unbalanced_quote_are_one_line(capsys, monkeypatch):
     assert main(["train"]) == 2
     assert capsys.readouterr().err.strip() == "error: RESUME: RESUME='maybe' is neither yes nor no (use RESUME=1 " \
                                               "or leave it out)"
+    with pytest.raises(UserError, match="GPUS='two' is not a whole number"):
+        command_line(TARGETS["train"], {"RECIPE": "medical", "GPUS": "two"})
     with pytest.raises(UserError, match="cannot split ARGS"):
         command_line(TARGETS["train"], {"RECIPE": "medical", "ARGS": "data.system='unclosed"})
 

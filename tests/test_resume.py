@@ -133,3 +133,30 @@ def test_a_bug_still_shows_its_traceback():
 
     with pytest.raises(ValueError):
         run_command(Namespace(command=command))
+
+
+def test_several_processes_report_a_problem_once(capsys, monkeypatch):
+    def command(args):
+        raise UserError("training stopped at step 3: loss is nan", where="runs/x")
+
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert run_command(Namespace(command=command)) == 2
+    assert capsys.readouterr().err.count("loss is nan") == 1
+
+
+@pytest.mark.parametrize("key,kept", [("loss", "checkpoint-4"), ("grad_norm", "checkpoint-6")])
+def test_nan_guard_names_a_checkpoint_from_before_the_bad_update(tmp_path, key, kept):
+    from transformers import TrainerControl, TrainerState
+
+    from trainer.train import NonFiniteGuard
+
+    fake_checkpoint(tmp_path, 4)
+    fake_checkpoint(tmp_path, 6)
+    guard, state = NonFiniteGuard(), TrainerState()
+    state.global_step = 7
+    guard.on_log(Namespace(logging_steps=1), state, TrainerControl(), logs={key: math.nan})
+    with pytest.raises(UserError) as err:
+        guard.raise_if_tripped(tmp_path)
+    assert f"the last good checkpoint is {tmp_path / 'checkpoints' / kept}" in err.value.message
+    assert latest_checkpoint(tmp_path).name == kept

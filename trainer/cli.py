@@ -40,15 +40,15 @@ def train_command(args) -> int:
     resume_dir, checkpoint, notes = resumable(recipe, args.run_dir) if args.resume else (None, None, [])
     fresh = resume_dir is None and not args.run_dir
     try:
-        _, metrics = _train(args, recipe, hardware, resume_dir, checkpoint, notes)
+        _train(args, recipe, hardware, resume_dir, checkpoint, notes)
     except BaseException:
         if fresh and is_main():
             _remove_unstarted()
         raise
-    return 0 if metrics else 1
+    return 0
 
 
-def _train(args, recipe, hardware, resume_dir, checkpoint, notes):
+def _train(args, recipe, hardware, resume_dir, checkpoint, notes) -> None:
     from trainer.model import start_engine
 
     start_engine(recipe, hardware)
@@ -82,7 +82,6 @@ def _train(args, recipe, hardware, resume_dir, checkpoint, notes):
         if is_main():
             run.mark_complete()
     log.say(finished(run.path, metrics))
-    return run.path, metrics
 
 
 _STARTED: dict = {}
@@ -145,10 +144,9 @@ def launch_training(args, recipe, hardware) -> int:
     strategy = check_launch(recipe, args.gpus, hardware, torch.cuda.device_count())
     check_before_training(recipe)
     load_conversations(recipe)  # bad data is reported here, once, rather than by every process
-    resumed = resumable(recipe, args.run_dir) if args.resume else None
-    for note in resumed[2] if resumed else []:
-        print(note, flush=True)
-    run_dir = resumed[0] if resumed else new_run_dir(recipe.train.output_dir, recipe.name)
+    # a resume is checked here; its warnings are shown by the first process, which also logs them
+    run_dir = resumable(recipe, args.run_dir)[0] if args.resume else new_run_dir(recipe.train.output_dir,
+                                                                                  recipe.name)
     many = args.gpus > 1
     where = f"{args.gpus} GPU{'s' * many}" if hardware.cuda else \
         f"{args.gpus} CPU process{'es' * many} over gloo (no CUDA: a check of the path, not faster)"

@@ -5,6 +5,7 @@ Entry points catch it, print one message and exit with code 2; nothing else shou
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 
@@ -52,7 +53,7 @@ def run_command(args, interrupted: str = "interrupted") -> int:
     try:
         return args.command(args) or 0
     except UserError as error:
-        print(f"error: {error.render()}", file=sys.stderr)
+        _say_once(f"error: {error.render()}")
         return 2
     except KeyboardInterrupt:
         print(f"\n{interrupted}", file=sys.stderr)
@@ -61,8 +62,15 @@ def run_command(args, interrupted: str = "interrupted") -> int:
         fault = machine_fault(exc)
         if fault is None:
             raise
-        print(f"error: {fault.render()}", file=sys.stderr)
+        _say_once(f"error: {fault.render()}")
         return 2
+
+
+def _say_once(line: str) -> None:
+    """Print on stderr, except in the second and later of several training processes (GPUS=N): they meet the
+    same problem as the first, and one message is enough (their exit code still says it)."""
+    if os.environ.get("RANK", "0") in ("", "0"):
+        print(line, file=sys.stderr)
 
 
 MACHINE_FAULTS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",

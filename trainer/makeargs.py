@@ -47,6 +47,7 @@ TARGETS: dict[str, Target] = {
 }
 
 YES, NO = ("1", "yes", "true", "on"), ("", "0", "no", "false", "off")
+WHOLE_NUMBERS = ("GPUS", "N")
 
 
 def command_line(target: Target, env: dict[str, str]) -> list[str]:
@@ -60,6 +61,8 @@ def command_line(target: Target, env: dict[str, str]) -> list[str]:
             argv.append(flag)
     for var, flag in target.options.items():
         value = env.get(var, "").strip()
+        if value and var in WHOLE_NUMBERS and not value.isdigit():
+            raise UserError(f"{var}={value!r} is not a whole number", where=var, fix=f"e.g. {var}=2, or leave it out")
         if value:
             argv += [flag, value]
     for pattern in target.positional:

@@ -232,7 +232,8 @@ def _missing_files(tree: dict, origin: _Origins) -> list[str]:
                 if isinstance(value, str) and value and looks_local(value) and not Path(value).expanduser().exists()]
     return problems + [f"{origin.where(key)}: {'.'.join(key)}: {value} is a folder, not a data file (name a "
                        f".jsonl, .json, .csv or .parquet file in it)"
-                       for key, value in keyed if isinstance(value, str) and value and Path(value).expanduser().is_dir()]
+                       for key, value in keyed
+                       if isinstance(value, str) and value and Path(value).expanduser().is_dir()]
 
 
 def _record_lines(node: yaml.Node, prefix: tuple[str, ...], lines: dict, path: Path | None = None) -> None:

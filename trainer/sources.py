@@ -30,7 +30,8 @@ def read_rows(path: str, *, name: str | None = None, split: str = "train", key: 
     if local.is_file():
         rows = _read_local(local)
     elif local.is_dir() or looks_local(path):
-        raise UserError("this is a folder, not a data file" if local.is_dir() else "file not found", where=f"{key}={path}",
+        raise UserError("this is a folder, not a data file" if local.is_dir() else "file not found",
+                        where=f"{key}={path}",
                         fix=f"give an existing {', '.join(LOCAL_SUFFIXES)} file or a hub dataset id")
     else:
         rows = _read_hub(path, name, split, key)

@@ -94,12 +94,14 @@ class NonFiniteGuard(TrainerCallback):
     def __init__(self):
         self.step: int | None = None
         self.what = ""
+        self.span = 1
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key in ("loss", "grad_norm"):
             value = (logs or {}).get(key)
             if isinstance(value, float) and not math.isfinite(value) and self.step is None:
                 self.step, self.what = state.global_step, f"{key} is {value}"
+                self.span = max(args.logging_steps, 1)  # a logged loss is the mean since the previous log
         if self.step is not None:
             control.should_training_stop = True
             control.should_save = False
@@ -108,15 +110,18 @@ class NonFiniteGuard(TrainerCallback):
         if self.step is None:
             return
         wait_for_everyone()
-        moved = resume.set_aside_bad(run_dir, self.step - 1) if is_main() else []
+        # a non-finite loss logged at step S (a mean over the last `span` steps) may come from the weights saved
+        # after step S-span; a non-finite gradient at S only spoils update S, which the guard kept from being saved
+        bad_from = self.step - self.span if self.what.startswith("loss") else self.step
+        moved = resume.set_aside_bad(run_dir, bad_from) if is_main() else []
         wait_for_everyone()
         checkpoint = latest_checkpoint(run_dir)
         kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no good checkpoint was saved"
         if moved:
             kept += f" ({', '.join(p.name for p in moved)} set aside: saved from the update that went wrong)"
         raise UserError(f"training stopped at step {self.step}: {self.what}; {kept}", where=str(run_dir),
-                        fix="lower train.learning_rate or raise train.warmup_ratio, check the data, then train "
-                            "again (RESUME=1 continues from the checkpoint)")
+                        fix="check the data, then continue from the checkpoint with a lower rate, e.g. RESUME=1 "
+                            "ARGS=\"train.learning_rate=1e-4\", or train again with a longer train.warmup_ratio")
 
 
 class Stopped(UserError):
