@@ -1,5 +1,6 @@
 # Fine-tune DeepSeek-R1-Distill on your data. Every target sets up .venv first when needed.
-#   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."] [RESUME=1] [GPUS=N]
+#   make train RECIPE=medical [GPU=auto|cpu|4060|4090|<GB>] [ARGS="train.max_steps=100 ..."] [RESUME=1] [GPUS=N]
+#   make plan RECIPE=medical GPU=4060   (predicted GPU memory and the fastest settings that fit; no GPU needed)
 #   make preview RECIPE=news          make eval / chat / gguf [RUN=runs/<run>]          make test
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,7 +23,7 @@ comma := ,
 CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := dev$(if $(CUDA),$(comma)gpu)
 
-.PHONY: setup setup-export train preview eval chat gguf chat-gguf test bench clean
+.PHONY: setup setup-export train plan preview eval chat gguf chat-gguf test bench clean
 
 setup: $(VENV)/.core
 setup-export: $(VENV)/.export
@@ -40,6 +41,9 @@ $(VENV)/.export: $(VENV)/.core
 
 train: setup
 	$(PY) -m trainer train $(RECIPE) profile=$(GPU) $(if $(RESUME),--resume) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
+
+plan: setup
+	$(PY) -m trainer plan $(RECIPE) $(if $(filter-out auto,$(GPU)),--gpu $(GPU)) $(ARGS)
 
 preview: setup
 	$(PY) -m trainer preview $(RECIPE) profile=$(GPU) $(ARGS)

@@ -1,4 +1,4 @@
-"""`python -m trainer {train,preview,eval,chat} ...`: thin entry points, one per stage.
+"""`python -m trainer {train,plan,preview,eval,chat} ...`: thin entry points, one per stage.
 
 Each command reads like its table of contents; the work is in the library modules. A `UserError` anywhere
 becomes one message on stderr and exit code 2, never a traceback.
@@ -30,6 +30,7 @@ def train_command(args) -> int:
     recipe = _recipe(args, hardware)
     if args.gpus is not None and not launched():
         return launch_training(args, recipe, hardware)
+    recipe, plan = planned(recipe, hardware, several=args.gpus is not None)
     start_engine(recipe, hardware)
     resume_dir, checkpoint = resumable(recipe) if args.resume else (None, None)
     log = RunLog(quiet=not is_main())
@@ -45,10 +46,46 @@ def train_command(args) -> int:
         save_resolved(recipe, run_dir / "config.yaml")
         save_conversations(prepared.eval_conversations, run_dir / "eval_data.jsonl")
     log.say(f"resuming {run_dir} from {checkpoint}" if checkpoint else f"run folder: {run_dir}")
-    metrics = train(recipe, loaded, prepared, hardware, run_dir, log, resume_from=checkpoint)
+    metrics = train(recipe, loaded, prepared, hardware, run_dir, log, resume_from=checkpoint,
+                    planned_peak_gib=plan.peak_gib if plan else None)
     if is_main():
         mark_complete(run_dir)
     log.say(finished(run_dir, metrics))
+    return 0
+
+
+def planned(recipe, hardware, several: bool = False):
+    """On a CUDA GPU: the recipe with the planner's settings for this card (or the card GPU= named), the plan
+    printed before any weights load; a recipe that cannot fit stops here (exit 2). Elsewhere: unchanged."""
+    from trainer.plan import apply, card_choice, describe, plan_recipe, settings_of
+
+    if not hardware.cuda or several or not is_main():  # sharded multi-GPU memory is not modelled
+        return recipe, None
+    card = card_choice(recipe.profile, hardware.memory_gib)
+    plan = plan_recipe(recipe, card, choose_settings=recipe.train.planner)
+    print(describe(plan, settings_of(recipe)), flush=True)
+    return apply(recipe, plan), plan
+
+
+def plan_command(args) -> int:
+    """`python -m trainer plan RECIPE [--gpu CARD] [--json]`: the predicted peak, and with a card the settings."""
+    import json
+
+    from trainer.hardware import Hardware
+    from trainer.plan import CannotFit, describe, parse_card, plan_recipe, settings_of
+
+    if args.gpu:
+        parse_card(args.gpu)  # an unknown card is an error before the recipe is read
+    recipe = _recipe(args, Hardware(cuda=True, name=args.gpu or "a CUDA GPU"))
+    try:
+        plan = plan_recipe(recipe, args.gpu, choose_settings=recipe.train.planner)
+    except CannotFit as error:
+        if args.json:
+            print(json.dumps(error.plan.as_json()))
+        raise
+    print(describe(plan, settings_of(recipe)))
+    if args.json:
+        print(json.dumps(plan.as_json()))
     return 0
 
 
@@ -191,6 +228,12 @@ def _parser() -> argparse.ArgumentParser:
                             "N=1 with zero2/zero3 offloads to the CPU on one card); without CUDA, N CPU processes")
     train.add_argument("--run-dir", help=argparse.SUPPRESS)  # chosen by the --gpus parent for its processes
     train.set_defaults(command=train_command)
+    plan = commands.add_parser("plan", help="predict the training peak GPU memory; with --gpu, the fastest "
+                                             "settings that fit that card")
+    _recipe_args(plan)
+    plan.add_argument("--gpu", metavar="CARD", help="card name (4060, 4090, 3090, ...) or its memory in GB")
+    plan.add_argument("--json", action="store_true", help="also print the plan as one JSON object (last line)")
+    plan.set_defaults(command=plan_command)
     preview = commands.add_parser("preview", help="show rendered training examples with the trained span")
     _recipe_args(preview)
     preview.add_argument("--limit", type=int, default=3, help="examples to show (default 3)")
@@ -214,4 +257,4 @@ def _parser() -> argparse.ArgumentParser:
 def _recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe name (recipes/<name>.yaml) or path to a YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override recipe values, e.g. train.max_steps=50 profile=4060")
+                        help="override recipe values, e.g. train.max_steps=50")

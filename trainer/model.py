@@ -143,10 +143,16 @@ def _unsloth_model(recipe: Recipe, hardware: Hardware):
             model, r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=list(lora.target_modules), use_rslora=lora.use_rslora, bias="none",
             use_gradient_checkpointing="unsloth" if recipe.train.gradient_checkpointing else False,
-            random_state=recipe.train.seed, max_seq_length=m.max_seq_length)
+            random_state=recipe.train.seed, max_seq_length=m.max_seq_length, **_kept_layers(recipe))
     elif method == "freeze":
         freeze_all_but_top(model, recipe.train.freeze_trainable_layers)
     return model
+
+
+def _kept_layers(recipe: Recipe) -> dict:
+    """Partial checkpointing (train.checkpoint_keep_layers, chosen by trainer.plan): Unsloth's own switch."""
+    keep = recipe.train.checkpoint_keep_layers if recipe.train.gradient_checkpointing else 0
+    return {"checkpoint_skip_layers": keep} if keep else {}
 
 
 def _transformers_model(recipe: Recipe, hardware: Hardware):
