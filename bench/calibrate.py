@@ -132,11 +132,13 @@ def child(work: Path, job: dict, label: str, cap_gib: float | None, timeout: flo
     """One process per case, its allocator capped (CAP_GIB), its log in work/logs/<label>.log."""
     jobs = work / "jobs"
     jobs.mkdir(exist_ok=True)
-    job_path, result_path, log_path = jobs / f"{label}.json", jobs / f"{label}.result.json", work / "logs" / f"{label}.log"
+    job_path, result_path = jobs / f"{label}.json", jobs / f"{label}.result.json"
+    log_path = work / "logs" / f"{label}.log"
     result_path.unlink(missing_ok=True)
     job_path.write_text(json.dumps(dict(job, result_path=str(result_path))), encoding="utf-8")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(CAPSITE), str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+    inherited = filter(None, env.get("PYTHONPATH", "").split(os.pathsep))
+    env["PYTHONPATH"] = os.pathsep.join([str(CAPSITE), str(ROOT), *inherited])
     if cap_gib:
         env["CAP_GIB"] = str(cap_gib)
     with open(log_path, "w", encoding="utf-8") as log:
@@ -285,7 +287,8 @@ def table(paths: list[str]) -> int:
             if not r.get("peak_gib"):
                 continue
             print(f"| {e['label']} | {e['case']['cap_gib']} | {p:.2f} | {r['peak_gib']:.2f} | "
-                  f"{100 * (p / r['peak_gib'] - 1):+.1f}% | {r['tokens_per_s']:,.0f} | {r['trained_tokens_per_s']:,.0f} |")
+                  f"{100 * (p / r['peak_gib'] - 1):+.1f}% | {r['tokens_per_s']:,.0f} | "
+                  f"{r['trained_tokens_per_s']:,.0f} |")
     return 0
 
 

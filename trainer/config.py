@@ -148,12 +148,9 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: much less memory for some extra compute."""
     checkpoint_keep_layers: int = 0
-    """With gradient checkpointing under Unsloth: this many decoder layers (evenly spaced) keep their activations
-    instead of recomputing them, which is faster and takes more memory. The planner sets it to fill the card."""
+    """Unsloth checkpointing: decoder layers that keep activations instead of recomputing (faster, more memory)."""
     planner: bool = True
-    """On a CUDA GPU the memory planner (`make plan`) picks the batch size, accumulation, pack length and
-    checkpointing that train fastest within the card's memory, keeping the work per optimizer step; false: these
-    values as written (the plan is still printed, and a recipe that cannot fit is refused)."""
+    """On a CUDA GPU, fit batch, accumulation, pack length and checkpointing to the card (`make plan`)."""
     packing: bool = False
     """Pack several short examples into one sequence (they cannot attend to each other) for speed."""
     loss: Literal["auto", "nll", "chunked_nll"] = "auto"
