@@ -274,20 +274,30 @@ def bare_trainer(job: dict, case: Case, spec, rows, run_dir: Path):
 
 # --- reading results ----------------------------------------------------------------------------------------------
 
+def predict_now(case: dict) -> float:
+    """The current planner's prediction for a recorded case (its cap as the budget)."""
+    from bench.shapes import SHAPES
+    from trainer.plan import Settings, Setup, arch_for, peak_gib
+
+    setup = Setup(arch_for(SHAPES[case["shape"]].hub_id)[0], rank=case["rank"])
+    settings = Settings(case["batch"], case["accum"], case["length"], case["ckpt"], case.get("keep", 0))
+    return peak_gib(setup, settings, budget=case["cap_gib"])
+
+
 def table(paths: list[str]) -> int:
-    print("| case | cap GiB | predicted GiB | measured GiB | error | tok/s | trained tok/s |")
-    print("|---|---|---|---|---|---|---|")
+    """Measured peaks against the planner's prediction at the time of the run and now."""
+    print("| case | cap GiB | predicted then | predicted now | measured GiB | error now | tok/s | trained tok/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for path in paths:
         for e in json.loads(Path(path).read_text()):
-            p = e["predicted"]["peak_gib"]
-            if e.get("error"):
-                print(f"| {e['label']} | {e['case']['cap_gib']} | {p:.2f} | {e['error'].splitlines()[0][:60]} | | | |")
+            then, now = e["predicted"]["peak_gib"], predict_now(e["case"])
+            r = e.get("result") or {}
+            if e.get("error") or not r.get("peak_gib"):
+                why = (e.get("error") or "no peak").splitlines()[0][:50]
+                print(f"| {e['label']} | {e['case']['cap_gib']} | {then:.2f} | {now:.2f} | {why} | | | |")
                 continue
-            r = e["result"]
-            if not r.get("peak_gib"):
-                continue
-            print(f"| {e['label']} | {e['case']['cap_gib']} | {p:.2f} | {r['peak_gib']:.2f} | "
-                  f"{100 * (p / r['peak_gib'] - 1):+.1f}% | {r['tokens_per_s']:,.0f} | "
+            print(f"| {e['label']} | {e['case']['cap_gib']} | {then:.2f} | {now:.2f} | {r['peak_gib']:.2f} | "
+                  f"{100 * (now / r['peak_gib'] - 1):+.1f}% | {r['tokens_per_s']:,.0f} | "
                   f"{r['trained_tokens_per_s']:,.0f} |")
     return 0
 
