@@ -132,3 +132,27 @@ def test_bad_card_or_no_fit_is_exit_2_and_writes_nothing(capsys, tmp_path, monke
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert __import__("re").search(message, err), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_on_a_gpu_plans_before_loading_and_refuses_what_cannot_fit(capsys):
+    from trainer.cli import RECIPES_DIR, planned
+    from trainer.hardware import Hardware
+    from trainer.plan import CannotFit, card_choice
+    from trainer.recipe import find_recipe, load_recipe
+
+    card = Hardware(True, "NVIDIA GeForce RTX 4090", 23.99)
+    assert card_choice("none", card.memory_gib) == "24" and card_choice("4060", card.memory_gib) == "4060"
+    medical = find_recipe("medical", RECIPES_DIR)
+    recipe, plan = planned(load_recipe(medical, [], card), card)
+    t = recipe.train
+    assert (t.batch_size, t.gradient_accumulation, recipe.model.max_seq_length, t.checkpoint_keep_layers) == (
+        plan.settings.batch_size, plan.settings.gradient_accumulation, plan.settings.max_seq_length,
+        plan.settings.checkpoint_keep_layers)
+    assert plan.fits and "plan on 24 GB" in capsys.readouterr().out
+    as_written = load_recipe(medical, ["train.planner=false"], card)
+    assert planned(as_written, card)[0] == as_written  # checked, not changed
+    with pytest.raises(CannotFit, match="cannot fit on 4060"):
+        planned(load_recipe(medical, ["model.base=deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "profile=4060"],
+                            card), card)
+    cpu = Hardware(False)
+    assert planned(load_recipe(medical, [], cpu), cpu)[1] is None  # the CPU path is untouched

@@ -59,7 +59,7 @@ def planned(recipe, hardware, several: bool = False):
     printed before any weights load; a recipe that cannot fit stops here (exit 2). Elsewhere: unchanged."""
     from trainer.plan import apply, card_choice, describe, plan_recipe, settings_of
 
-    if not hardware.cuda or several or not is_main():  # sharded multi-GPU memory is not modelled
+    if not hardware.cuda or several or launched():  # several processes (GPUS=N): memory per GPU not modelled
         return recipe, None
     card = card_choice(recipe.profile, hardware.memory_gib)
     plan = plan_recipe(recipe, card, choose_settings=recipe.train.planner)

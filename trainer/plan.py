@@ -434,6 +434,6 @@ def card_choice(profile: str, memory_gib: float) -> str:
     try:
         parse_card(profile)
         return profile
-    except UserError:
-        return f"{memory_gib * GIB / 1e9:.1f}"
+    except UserError:  # a "24 GB" card reports 23.99 GiB: its size as sold is the rounded GiB
+        return f"{round(memory_gib)}"
 
