@@ -245,16 +245,17 @@ def components(s: Setup, t: Settings, c: Coefficients = COEF, budget: float | No
     checkpointed = tokens * (c.checkpointed_hidden * a.hidden + c.checkpointed_intermediate * a.intermediate)
     kept = layer_activation_bytes(a) * tokens * c.saved_share
     if not t.gradient_checkpointing:
-        mode, activations = "no", a.layers * kept
+        mode, activations = "no checkpointing", a.layers * kept
     elif s.backend == "unsloth":
         keep = min(t.checkpoint_keep_layers, a.layers)
-        mode = f"Unsloth offloaded, {keep} of {a.layers} layers kept" if keep else "Unsloth offloaded"
+        mode = f"Unsloth offloaded checkpointing, {keep} of {a.layers} layers kept" if keep else \
+            "Unsloth offloaded checkpointing"
         activations = checkpointed * (c.kept_overlap if keep else 1) + keep * kept
     else:  # plain checkpointing keeps every layer's input on the GPU
-        mode, activations = "plain", checkpointed + a.layers * 2 * a.hidden * tokens
+        mode, activations = "plain checkpointing", checkpointed + a.layers * 2 * a.hidden * tokens
     return {"weights_quantized": quantized, "weights_16bit": sixteen, "trainable_params": trainable * per_param,
             "gradients": trainable * per_param, "optimizer_state": optimizer,
-            f"activations ({mode} checkpointing)": activations,
+            f"activations ({mode})": activations,
             "logits_and_loss": 4 * c.loss_rows * a.hidden * a.vocab,
             "workspace": c.fixed_gib * GIB}
 
@@ -345,7 +346,18 @@ def choose(s: Setup, t: Settings, packing: bool, card: str, card_gb: float, sour
     if not fitting:
         smallest = min(plans, key=lambda p: p.peak_gib)
         raise CannotFit(smallest, s)
-    return max(fitting, key=lambda p: (p.tokens_per_s, p.settings == t))
+    best = max(fitting, key=lambda p: p.tokens_per_s)
+    same_shape = [p for p in fitting if _shape(p.settings) == _shape(t) and p.tokens_per_s >= CLOSE_ENOUGH * best.tokens_per_s]
+    return max(same_shape, key=lambda p: p.tokens_per_s) if same_shape else best
+
+
+def _shape(t: Settings) -> tuple[int, int, int]:
+    return t.batch_size, t.gradient_accumulation, t.max_seq_length
+
+
+CLOSE_ENOUGH = 0.9
+"""The recipe's batch, accumulation and length are kept (only checkpointing changes) unless another shape is
+estimated more than 10% faster: the speed model ranks well, but is not more precise than that."""
 
 
 class CannotFit(UserError):
@@ -424,8 +436,9 @@ def describe(plan: Plan, before: Settings | None = None) -> str:
     if before is not None and before != t:
         lines.append(f"  the recipe said batch {before.batch_size} x {before.gradient_accumulation}, length "
                      f"{before.max_seq_length}, checkpointing {_checkpointing(before)}")
-    lines += [f"  {name:<42} {gib:7.2f} GiB" for name, gib in plan.components_gib.items()]
-    lines.append(f"  {'(CUDA context, not in the peak)':<42} {CUDA_CONTEXT_GIB:7.2f} GiB")
+    width = max(len(name) for name in plan.components_gib) + 2
+    lines += [f"  {name:<{width}} {gib:7.2f} GiB" for name, gib in plan.components_gib.items()]
+    lines.append(f"  {'(CUDA context, not in the peak)':<{width}} {CUDA_CONTEXT_GIB:7.2f} GiB")
     return "\n".join(lines)
 
 
