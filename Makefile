@@ -1,5 +1,6 @@
 # Fine-tune DeepSeek-R1-Distill on your data. Every target sets up .venv first when needed.
-#   make train RECIPE=medical [GPU=auto|4060|4090|cpu] [ARGS="train.max_steps=100 ..."] [RESUME=1] [GPUS=N]
+#   make train RECIPE=medical [GPU=auto|cpu|4060|4090|<GB>] [ARGS="train.max_steps=100 ..."] [RESUME=1] [GPUS=N]
+#   make plan RECIPE=medical GPU=4060   (predicted GPU memory and the fastest settings that fit; no GPU needed)
 #   make grpo RECIPE=news [RUN=runs/<sft run>]  (GRPO after SFT)
 #   make preview RECIPE=news          make eval / chat / gguf [RUN=runs/<run>]          make test
 #   make webui [PORT=7860] [HOST=127.0.0.1 WEBUI_AUTH=user:password]
@@ -41,7 +42,7 @@ comma := ,
 CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := dev$(if $(CUDA),$(comma)gpu)
 
-.PHONY: setup setup-export train grpo preview eval chat gguf chat-gguf webui serve test bench clean
+.PHONY: setup setup-export train plan grpo preview eval chat gguf chat-gguf webui serve test bench clean
 
 setup: $(VENV)/.core
 setup-export: $(VENV)/.export
@@ -66,6 +67,9 @@ train: setup
 # GRPO after SFT: continues RUN (default: the newest finished SFT run of RECIPE) with checkable rewards.
 grpo: setup
 	$(STAGE) grpo
+
+plan: setup
+	$(STAGE) plan
 
 preview: setup
 	$(STAGE) preview

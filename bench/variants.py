@@ -42,7 +42,7 @@ class Variant:
     unsloth_first: bool = False
     """Import unsloth before anything else (the product's CLI now does this itself, through start_engine)."""
     profile: str = "none"
-    """A recipe card profile (4060, 4090): its batch size, accumulation and context replace the variant's."""
+    """A card (4060, 4090): the settings trainer.plan chooses for it replace the variant's."""
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -63,9 +63,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("d-nll", "project", "project, Unsloth, train.loss=nll (Unsloth's fused CE)", "unsloth",
             ("train.loss=nll",), cuda_only=True),
     Variant("d-early", "project", "project, Unsloth imported first", "unsloth", cuda_only=True, unsloth_first=True),
-    Variant("p-4060", "project", "project, Unsloth, the recipe's 4060 (8 GB) profile", "unsloth", cuda_only=True,
+    Variant("p-4060", "project", "project, Unsloth, settings planned for a 4060 (8 GB)", "unsloth", cuda_only=True,
             profile="4060"),
-    Variant("p-4090", "project", "project, Unsloth, the recipe's 4090 (24 GB) profile", "unsloth", cuda_only=True,
+    Variant("p-4090", "project", "project, Unsloth, settings planned for a 4090 (24 GB)", "unsloth", cuda_only=True,
             profile="4090"),
 )}
 DEFAULT_VARIANTS = ("a", "b", "c", "d", "d-pack", "d-bs8")
@@ -110,6 +110,10 @@ def project_trainer(job: dict, variant: Variant, spec, rows: list[dict], run_dir
     hardware = detect()
     overrides = project_overrides(job, variant, spec.max_length, run_dir)
     recipe = load_recipe(MEDICAL_RECIPE, overrides, hardware)
+    if variant.profile != "none":  # p-4060 / p-4090: the settings trainer.plan chooses for that card
+        from trainer.cli import planned
+
+        recipe = planned(recipe, hardware)[0]
     start_engine(recipe, hardware)  # as the CLI does: Unsloth before transformers, TRL and PEFT
     tokenizer = load_tokenizer(recipe.model)
     examples = [Encoded(r["input_ids"], r["labels"], r["truncated"], where=f"row {i}") for i, r in enumerate(rows)]

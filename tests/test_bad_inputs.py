@@ -30,7 +30,7 @@ RECIPES = {  # file -> what the one line must say (besides the file name)
     "warmup_too_long.yaml": [":4:", "train.warmup_ratio: must be in [0, 1)"],
     "mix_ratio_zero.yaml": [":7:", "data.mix.0.ratio: must be above 0"],
     "missing_data_file.yaml": ["absent.jsonl", "file not found"],
-    "unknown_profile.yaml": ["profile", "unknown profile '4070'"],
+    "unknown_profile.yaml": ["profile", "unknown profile '4095'"],
     "profile_typo.yaml": [":5 (profile 4090):", "unknown key profiles.4090.train.batchsize"],
     "invalid_yaml.yaml": [":4:", "invalid YAML"],
     "not_a_mapping.yaml": ["must be a mapping"],

@@ -44,12 +44,19 @@ def test_every_recipe_opens_with_the_command_that_runs_it():
         assert path.read_text(encoding="utf-8").startswith(f"# make train RECIPE={path.stem}"), path
 
 
-def test_auto_profile_follows_gpu_memory():
+def test_a_gpu_takes_no_profile_and_a_named_card_is_kept_for_the_planner():
     medical = find_recipe("medical", RECIPES)
-    assert load_recipe(medical, [], RTX4060).profile == "4060"
-    assert load_recipe(medical, [], RTX4090).profile == "4090"
-    assert load_recipe(medical, [], H100).profile == "4090"  # the largest profile that fits
-    assert load_recipe(medical, ["profile=4060"], H100).train.batch_size == 1
+    for hardware in (RTX4060, RTX4090, H100):  # the settings come from trainer.plan at train time
+        recipe = load_recipe(medical, [], hardware)
+        assert recipe.profile == "none" and recipe.train.batch_size == 2 and recipe.model.base != "tiny"
+    assert load_recipe(medical, ["profile=4060"], H100).profile == "4060"
+    assert load_recipe(medical, ["profile=12"], H100).profile == "12"
+
+
+def test_a_named_card_without_cuda_is_one_early_error():
+    with pytest.raises(UserError, match="GPU=4060 plans training for that card, but this machine has no CUDA GPU"
+                                        r".*make plan GPU=4060.*GPU=cpu"):
+        load_recipe(find_recipe("medical", RECIPES), ["profile=4060"], CPU)
 
 
 def test_overrides_beat_profiles_and_are_validated_the_same_way():
@@ -127,8 +134,8 @@ def test_invalid_yaml_names_the_line(tmp_path):
 def test_unknown_recipe_and_profile_suggest_names():
     with pytest.raises(UserError, match="unknown recipe 'medicl'.*did you mean 'medical'"):
         find_recipe("medicl", RECIPES)
-    with pytest.raises(UserError, match="unknown profile '4070'.*did you mean 4090"):
-        load_recipe(find_recipe("medical", RECIPES), ["profile=4070"], CPU)
+    with pytest.raises(UserError, match="unknown profile 'cpux'.*did you mean cpu"):
+        load_recipe(find_recipe("medical", RECIPES), ["profile=cpux"], CPU)
 
 
 def test_relative_data_paths_resolve_against_the_recipe_folder(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""`python -m trainer {train,preview,eval,chat} ...`: thin entry points, one per stage.
+"""`python -m trainer {train,plan,preview,eval,chat} ...`: thin entry points, one per stage.
 
 Each command reads like its table of contents; the work is in the library modules. A `UserError` anywhere
 becomes one message on stderr and exit code 2, never a traceback.
@@ -35,12 +35,13 @@ def train_command(args) -> int:
     require_recipe_hub_ids(recipe)  # one line now, not a minute of download retries later
     if args.gpus is not None and not launched():
         return launch_training(args, recipe, hardware)
+    recipe, plan = planned(recipe, hardware, several=args.gpus is not None)
     if not launched():  # a launched process's parent checked already
         check_before_training(recipe)
     resume_dir, checkpoint, notes = resumable(recipe, args.run_dir) if args.resume else (None, None, [])
     fresh = resume_dir is None and not args.run_dir
     try:
-        _train(args, recipe, hardware, resume_dir, checkpoint, notes)
+        _train(args, recipe, hardware, resume_dir, checkpoint, notes, plan)
     except BaseException:
         if fresh and is_main():
             _remove_unstarted()
@@ -48,7 +49,7 @@ def train_command(args) -> int:
     return 0
 
 
-def _train(args, recipe, hardware, resume_dir, checkpoint, notes) -> None:
+def _train(args, recipe, hardware, resume_dir, checkpoint, notes, plan=None) -> None:
     from trainer.model import start_engine
 
     start_engine(recipe, hardware)
@@ -78,7 +79,8 @@ def _train(args, recipe, hardware, resume_dir, checkpoint, notes) -> None:
             save_conversations(prepared.eval_conversations, run.eval_data)
         log.say(f"resuming {run.path} from {checkpoint}" if checkpoint else f"run folder: {run.path}")
         metrics = train(recipe, loaded, prepared, hardware, run.path, log, resume_from=checkpoint,
-                        on_first_step=lambda: _STARTED.__setitem__(run.path, True))
+                        on_first_step=lambda: _STARTED.__setitem__(run.path, True),
+                        planned_peak_gib=plan.peak_gib if plan else None)
         if is_main():
             run.mark_complete()
     log.say(finished(run.path, metrics))
@@ -124,6 +126,43 @@ def training_in(run, args, owner: bool):
     finally:
         if owner:
             run.release()
+
+
+def planned(recipe, hardware, several: bool = False):
+    """On a CUDA GPU: the recipe with the planner's settings for this card (or the card GPU= named), the plan
+    printed before any weights load; a recipe that cannot fit stops here (exit 2). Elsewhere: unchanged."""
+    from trainer.plan import apply, card_choice, describe, plan_recipe, settings_of
+
+    if not hardware.cuda or several or launched():  # several processes (GPUS=N): memory per GPU not modelled
+        return recipe, None
+    card = card_choice(recipe.profile, hardware.memory_gib)
+    plan = plan_recipe(recipe, card, choose_settings=recipe.train.planner)
+    print(describe(plan, settings_of(recipe)), flush=True)
+    return apply(recipe, plan), plan
+
+
+def plan_command(args) -> int:
+    """`python -m trainer plan RECIPE [--gpu CARD] [--json]`: the predicted peak, and with a card the settings."""
+    import json
+
+    from trainer.hardware import Hardware
+    from trainer.plan import CannotFit, describe, parse_card, plan_recipe, settings_of
+
+    if args.gpu == "auto":  # make's default GPU=auto: no card named
+        args.gpu = None
+    if args.gpu:
+        parse_card(args.gpu)  # an unknown card is an error before the recipe is read
+    recipe = _recipe(args, Hardware(cuda=True, name=args.gpu or "a CUDA GPU"))
+    try:
+        plan = plan_recipe(recipe, args.gpu, choose_settings=recipe.train.planner)
+    except CannotFit as error:
+        if args.json:
+            print(json.dumps(error.plan.as_json()))
+        raise
+    print(describe(plan, settings_of(recipe)))
+    if args.json:
+        print(json.dumps(plan.as_json()))
+    return 0
 
 
 def launch_training(args, recipe, hardware) -> int:
@@ -320,6 +359,12 @@ def _parser() -> argparse.ArgumentParser:
     _recipe_args(grpo)
     grpo.add_argument("--run", help="SFT run folder to continue (default: the newest finished one of the recipe)")
     grpo.set_defaults(command=grpo_command)
+    plan = commands.add_parser("plan", help="predict the training peak GPU memory; with --gpu, the fastest "
+                                             "settings that fit that card")
+    _recipe_args(plan)
+    plan.add_argument("--gpu", metavar="CARD", help="card name (4060, 4090, 3090, ...) or its memory in GB")
+    plan.add_argument("--json", action="store_true", help="also print the plan as one JSON object (last line)")
+    plan.set_defaults(command=plan_command)
     preview = commands.add_parser("preview", help="show rendered training examples with the trained span")
     _recipe_args(preview)
     preview.add_argument("--limit", type=int, default=3, help="examples to show (default 3)")
@@ -353,4 +398,4 @@ def _after_training_args(parser: argparse.ArgumentParser) -> None:
 def _recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe name (recipes/<name>.yaml) or path to a YAML file")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override recipe values, e.g. train.max_steps=50 profile=4060")
+                        help="override recipe values, e.g. train.max_steps=50")

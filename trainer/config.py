@@ -175,6 +175,10 @@ class TrainConfig:
     """Optimizer; `auto` is 8-bit AdamW on a CUDA GPU and AdamW elsewhere."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: much less memory for some extra compute."""
+    checkpoint_keep_layers: int = 0
+    """Unsloth checkpointing: decoder layers that keep activations instead of recomputing (faster, more memory)."""
+    planner: bool = True
+    """On a CUDA GPU, fit batch, accumulation, pack length and checkpointing to the card (`make plan`)."""
     packing: bool = False
     """Pack several short examples into one sequence (they cannot attend to each other) for speed."""
     loss: Literal["auto", "nll", "chunked_nll"] = "auto"
@@ -310,6 +314,8 @@ def check(recipe: Recipe) -> list[tuple[str, str]]:
     for key in ("batch_size", "gradient_accumulation", "logging_steps", "keep_checkpoints",
                 "freeze_trainable_layers"):
         need(getattr(t, key) >= 1, f"train.{key}", f"must be at least 1, got {getattr(t, key)}")
+    need(t.checkpoint_keep_layers >= 0, "train.checkpoint_keep_layers",
+         f"must be 0 or more, got {t.checkpoint_keep_layers}")
     for key in ("max_steps", "eval_steps", "checkpoint_steps", "early_stopping_patience"):
         value = getattr(t, key)
         need(value is None or value >= 1, f"train.{key}", f"must be at least 1 or none, got {value}")

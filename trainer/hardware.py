@@ -1,7 +1,8 @@
 """What machine we are on, and which recipe profile suits it.
 
-Profiles are named after consumer cards (`4060` = 8 GB, `4090` = 24 GB) plus `cpu`, the offline fallback that
-trains the embedded tiny model on the recipe's bundled sample.
+`cpu` is the offline fallback profile that trains the embedded tiny model on the recipe's bundled sample. On a
+CUDA GPU no profile is needed: the memory planner (`trainer.plan`) fits the settings to the card. `GPU=4060`
+(or any card name or size in GB that `trainer.plan` knows) names the card to plan for instead of the detected one.
 """
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from dataclasses import dataclass
 
 from trainer.errors import UserError
 
-CARD_MEMORY_GIB = {"4060": 8.0, "4090": 24.0}
-"""Memory of the consumer cards that recipe profiles are named after."""
+class NoCudaForCard(UserError):
+    """`GPU=<card>` on a machine without CUDA: said at once, before anything else is read or loaded."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class Hardware:
 class ProfileChoice:
     name: str | None
     reason: str
+    card: str | None = None
+    """A card named by `GPU=` (not a recipe profile): the planner plans for it."""
 
 
 def detect() -> Hardware:
@@ -41,6 +44,13 @@ def pick_profile(requested: str, available: list[str], hardware: Hardware | None
     """Resolve `profile` (a name, `auto` or `none`) against the recipe's profiles and the machine."""
     if requested == "none":
         return ProfileChoice(None, "no profile requested")
+    if requested != "auto" and requested not in available and is_card(requested):
+        hardware = hardware if hardware is not None else detect()
+        if not hardware.cuda:
+            raise NoCudaForCard(f"GPU={requested} plans training for that card, but this machine has no CUDA GPU",
+                            where="GPU", fix=f"see the plan without a GPU: make plan GPU={requested}; or train the "
+                                             "tiny offline model here with GPU=cpu")
+        return ProfileChoice(None, f"planned for {requested}", card=requested)
     if requested != "auto":
         if requested not in available:
             close = difflib.get_close_matches(requested, available, n=1)
@@ -51,9 +61,15 @@ def pick_profile(requested: str, available: list[str], hardware: Hardware | None
     hardware = hardware if hardware is not None else detect()
     if not hardware.cuda:
         return ProfileChoice("cpu" if "cpu" in available else None, "no CUDA GPU found")
-    cards = sorted((CARD_MEMORY_GIB[n], n) for n in available if n in CARD_MEMORY_GIB)
-    if not cards:
-        return ProfileChoice(None, f"{hardware.name}: the recipe has no card profile")
-    fitting = [name for memory, name in cards if memory <= hardware.memory_gib + 0.5]
-    name = fitting[-1] if fitting else cards[0][1]
-    return ProfileChoice(name, f"{hardware.name} with {hardware.memory_gib:.0f} GiB")
+    return ProfileChoice(None, f"{hardware.name} with {hardware.memory_gib:.0f} GiB: settings from the planner")
+
+
+def is_card(text: str) -> bool:
+    """A card name or size that the planner knows (`4060`, `rtx 4090`, `12`)."""
+    from trainer.plan import parse_card
+
+    try:
+        parse_card(text)
+        return True
+    except UserError:
+        return False

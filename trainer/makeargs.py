@@ -35,6 +35,7 @@ class Target:
 TARGETS: dict[str, Target] = {
     "train": Target("trainer.cli", ("train",), ("{RECIPE}", "profile={GPU}"), {"GPUS": "--gpus"},
                     {"RESUME": "--resume"}),
+    "plan": Target("trainer.cli", ("plan",), ("{RECIPE}",), {"GPU": "--gpu"}),
     "grpo": Target("trainer.cli", ("grpo",), ("{RECIPE}", "profile={GPU}"), {"RUN": "--run"}),
     "preview": Target("trainer.cli", ("preview",), ("{RECIPE}", "profile={GPU}")),
     "eval": Target("trainer.cli", ("eval",), ("{RUN}",), {"N": "--samples"}),

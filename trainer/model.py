@@ -190,10 +190,16 @@ def _unsloth_model(recipe: Recipe, hardware: Hardware):
         model = FastLanguageModel.get_peft_model(
             model, **lora_settings(lora),
             use_gradient_checkpointing="unsloth" if recipe.train.gradient_checkpointing else False,
-            random_state=recipe.train.seed, max_seq_length=m.max_seq_length)
+            random_state=recipe.train.seed, max_seq_length=m.max_seq_length, **_kept_layers(recipe))
     elif method == "freeze":
         freeze_all_but_top(model, recipe.train.freeze_trainable_layers)
     return model
+
+
+def _kept_layers(recipe: Recipe) -> dict:
+    """Partial checkpointing (train.checkpoint_keep_layers, chosen by trainer.plan): Unsloth's own switch."""
+    keep = recipe.train.checkpoint_keep_layers if recipe.train.gradient_checkpointing else 0
+    return {"checkpoint_skip_layers": keep} if keep else {}
 
 
 def _transformers_model(recipe: Recipe, hardware: Hardware):

@@ -20,7 +20,7 @@ import yaml
 from trainer import config as schema
 from trainer.config import Recipe
 from trainer.errors import UserError
-from trainer.hardware import Hardware, ProfileChoice, pick_profile
+from trainer.hardware import Hardware, NoCudaForCard, ProfileChoice, pick_profile
 from trainer.sources import looks_local, read_utf8
 
 RESOLVED_NAME = "config.yaml"
@@ -70,6 +70,8 @@ def load_recipe(path: Path, overrides: Sequence[str] = (), hardware: Hardware | 
     problems: list[str] = []
     try:
         chosen = pick_profile(str(requested), list(profiles) if isinstance(profiles, dict) else [], hardware)
+    except NoCudaForCard:
+        raise
     except UserError as error:  # a profile from the command line (make's GPU=) is blamed there, not on the file
         where = f"command line (profile={requested}, or GPU={requested} with make)" if \
             any(k == "profile" for k, _ in pairs) else origin.where(("profile",))
@@ -87,7 +89,7 @@ def load_recipe(path: Path, overrides: Sequence[str] = (), hardware: Hardware | 
     for key, value in pairs:
         origin.mark_override(key, value)
         _set(merged, key, value)
-    merged["profile"] = chosen.name or "none"
+    merged["profile"] = chosen.name or chosen.card or "none"
     _anchor_paths(merged, origin, path.parent)
     problems += _missing_files(merged, origin)
     recipe = _build(Recipe, merged, (), origin, problems)

@@ -31,7 +31,7 @@ from trainer.template import Encoded
 
 
 def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware, run_dir: Path,
-          log: RunLog, resume_from: str | None = None, on_first_step=None) -> dict:
+          log: RunLog, resume_from: str | None = None, on_first_step=None, planned_peak_gib: float | None = None) -> dict:
     """Run the optimisation, evaluate, save weights, tokenizer, state, metrics and the loss curve.
 
     A resumed run counts as one run: its metrics cover the steps, tokens and time before the interruption too."""
@@ -70,6 +70,8 @@ def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware
     if recipe.train.method == "lora":
         metrics["lora_scale"] = lora_scale(loaded.model)  # what the merge multiplies B @ A by
     metrics["examples"] = {"train": len(prepared.train), "eval": len(prepared.eval)}
+    if planned_peak_gib is not None:  # every real run checks the planner (trainer/plan.py)
+        metrics["planned_peak_gib"] = round(planned_peak_gib, 3)
     if is_main():
         run = RunFolder(run_dir)
         trainer.state.save_to_json(str(run.trainer_state))
@@ -190,7 +192,7 @@ def out_of_memory(recipe: Recipe) -> UserError:
              f"model.max_seq_length={m.max_seq_length // 2}" if m.max_seq_length > 512 else None,
              "model.quantization=4bit" if m.quantization != "4bit" and t.method == "lora" else None,
              "train.gradient_checkpointing=true" if not t.gradient_checkpointing else None,
-             "GPU=4060 (the 8 GB profile)" if recipe.profile != "4060" else None]
+             "train.planner=true (fit the settings to the card)" if not recipe.train.planner else None]
     return UserError(f"CUDA ran out of memory (profile {recipe.profile}, batch {t.batch_size}, "
                      f"max_seq_length {m.max_seq_length}, {m.quantization})", where="train",
                      fix="try " + "; or ".join(k for k in knobs if k))

@@ -35,6 +35,7 @@ def test_unsloth_trains_the_tiny_model_in_4bit(unsloth_run):
     assert metrics["backend"] == "unsloth"
     assert metrics["final_loss"] < metrics["first_loss"] / 2
     assert metrics["peak_gpu_memory_gib"] > 0
+    assert metrics["planned_peak_gib"] > 0  # make train planned the run for this card first (trainer/plan.py)
     assert (unsloth_run / "adapter" / "adapter_model.safetensors").is_file()
 
 
