@@ -8,7 +8,7 @@ A completion of an R1-Distill model starts inside the think block (the generatio
 - correctness: the answer after `</think>` against the reference: label match (normalized: case, width and
   edge punctuation folded) for classification, exact match, or ROUGE-L F1 at or above a threshold for free text.
 
-The reasoning splitter is `trainer.metrics.split_reasoning`, the one evaluation scores with.
+The reasoning splitter is `trainer.r1.split_reasoning`, the one evaluation scores with.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from trainer.config import Recipe, RewardsConfig
 from trainer.errors import UserError
-from trainer.metrics import EOS_TEXT, THINK_CLOSE, THINK_OPEN, label_match, split_reasoning
+from trainer.metrics import label_match
+from trainer.r1 import EOS, THINK_CLOSE, THINK_OPEN, split_reasoning
 
 SHORT_ANSWER_CHARS = 32
 """match=auto: reference answers all this short (or shorter) are labels, compared by label match."""
@@ -120,5 +121,5 @@ def _text(completion) -> str:
 
 
 def _before_eos(text: str) -> str:
-    cut = text.find(EOS_TEXT)
+    cut = text.find(EOS)
     return text if cut < 0 else text[:cut]
