@@ -147,8 +147,8 @@ def summary(result: ExportResult) -> dict:
 
 
 def with_earlier(new: dict, path: Path) -> dict:
-    """`new` plus the files (and their top-1 checks) an earlier export of this run wrote, that this one did not
-    redo and that are still on disk: `make gguf QUANT=q8_0` then `QUANT=q4_k_m` lists both files."""
+    """`new` plus the files (and the checks about them) an earlier export of this run wrote, that this one did
+    not redo and that are still on disk: `make gguf QUANT=q8_0` then `QUANT=q4_k_m` lists both files."""
     import json
 
     try:
@@ -159,11 +159,11 @@ def with_earlier(new: dict, path: Path) -> dict:
     kept = [f for f in old.get("files", []) if isinstance(f, dict) and f.get("path") not in done
             and Path(str(f.get("path"))).is_file()]
     names = {Path(f["path"]).name for f in kept}
-    checks = [c for c in old.get("checks", []) if isinstance(c, dict) and c.get("name") == "top1_agreement"
-              and c.get("numbers", {}).get("file") in names]
+    checks = [c for c in old.get("checks", []) if isinstance(c, dict)
+              and (c.get("numbers") or {}).get("file") in names]
     merged = {**new, "files": new["files"] + kept, "checks": new["checks"] + checks}
-    required = [c for c in checks if is_required(CheckResult(c.get("name", ""), False, "", c.get("numbers", {})))]
-    merged["passed"] = new["passed"] and all(c.get("passed") for c in required)
+    # every check about a file must pass (see `verdicts`); not verified now: neither good nor bad
+    merged["passed"] = None if new["passed"] is None else new["passed"] and all(c.get("passed") for c in checks)
     return merged
 
 

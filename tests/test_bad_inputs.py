@@ -47,7 +47,7 @@ OVERRIDES = {  # overrides on good.yaml -> what the one line must say; each is b
     "quant_typo": (["export.quantizations=[q4_km, banana]"],
                    ["recipe has 2 problems", "did you mean q4_k_m?", "export.quantizations.1: unknown GGUF type "
                     "'banana'"]),
-    "profile_typo": (["profile=4070"], ["command line (profile=4070", "GPU=4070", "unknown profile '4070'"]),
+    "profile_typo": (["profile=4095"], ["command line (profile=4095", "GPU=4095", "unknown profile '4095'"]),
     "data_folder": ([f"data.path={CASES / 'data'}"], ["command line (data.path=", "is a folder, not a data file"]),
 }
 

@@ -227,6 +227,9 @@ def test_gguf_chat_reads_the_ending_from_llama_cpps_finish_reason(finish, made, 
         def tokenize(self, text, add_bos, special):
             return [1, 2, 3]
 
+        def n_ctx(self):
+            return 4096
+
         def create_completion(self, tokens, max_tokens, **kwargs):
             for i in range(made):
                 self.n_tokens = len(tokens) + i + 1

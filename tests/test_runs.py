@@ -23,7 +23,7 @@ def make_run(root: Path, name: str) -> RunFolder:
 def add_checkpoint(run: RunFolder, step: int) -> None:
     folder = run.checkpoints / f"checkpoint-{step}"
     folder.mkdir(parents=True)
-    (folder / "trainer_state.json").write_text("{}")
+    (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
 
 
 def test_states_follow_the_markers(tmp_path):

@@ -302,10 +302,9 @@ def _run_and_overrides(args) -> tuple[str, list[str]]:
 
 def grpo_command(args) -> int:
     from trainer.grpo import run_grpo
-    from trainer.hardware import detect
 
-    hardware = detect()
-    run_grpo(_recipe(args, hardware), hardware, sft_run=args.run)
+    recipe, hardware = _recipe_and_hardware(args)
+    run_grpo(recipe, hardware, sft_run=args.run)
     return 0
 
 
@@ -329,6 +328,12 @@ def finished(run_dir: Path, metrics: dict) -> str:
             f"{metrics['final_loss']:.4f}{eval_part}, {metrics['trained_tokens_per_s']:.0f} trained tokens/s\n"
             f"adapter: {run_dir / 'adapter'}\nnext: make eval RUN={run_dir}  |  make chat RUN={run_dir}  |  "
             f"make gguf RUN={run_dir}")
+
+
+def _recipe(args, hardware):
+    from trainer.recipe import find_recipe, load_recipe
+
+    return load_recipe(find_recipe(args.recipe, RECIPES_DIR), args.overrides, hardware)
 
 
 def _recipe_and_hardware(args):

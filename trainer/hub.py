@@ -68,12 +68,18 @@ def require_hub(repo_id: str, key: str, repo_type: str = "model") -> None:
                         f"{key}={local}")
 
 
+def looks_local(path: str) -> bool:
+    """A path rather than a hub id (`org/name`): it has a suffix, a leading ./ / ~, or not exactly one slash."""
+    from pathlib import Path
+
+    return path.startswith((".", "/", "~")) or Path(path).suffix != "" or path.count("/") != 1
+
+
 def require_recipe_hub_ids(recipe) -> None:
     """Check every hub id a recipe names (base model, datasets) before any of them is loaded."""
     from pathlib import Path
 
     from trainer.config import TINY
-    from trainer.sources import looks_local
 
     if recipe.model.base != TINY and not Path(recipe.model.base).expanduser().exists():
         require_hub(recipe.model.base, "model.base")

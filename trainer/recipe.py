@@ -21,7 +21,8 @@ from trainer import config as schema
 from trainer.config import Recipe
 from trainer.errors import UserError
 from trainer.hardware import Hardware, NoCudaForCard, ProfileChoice, pick_profile
-from trainer.sources import looks_local, read_utf8
+from trainer.hub import looks_local
+from trainer.sources import read_utf8
 
 RESOLVED_NAME = "config.yaml"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import UserError, UserErrors
+from trainer.hub import looks_local
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -38,11 +39,6 @@ def read_rows(path: str, *, name: str | None = None, split: str = "train", key: 
     if not rows:
         raise UserError("no rows: the data is empty", where=str(path), fix="check the file or the split")
     return rows
-
-
-def looks_local(path: str) -> bool:
-    """A path rather than a hub id (`org/name`): it has a suffix, a leading ./ / ~, or not exactly one slash."""
-    return path.startswith((".", "/", "~")) or Path(path).suffix != "" or path.count("/") != 1
 
 
 def _read_local(path: Path) -> list[Row]:

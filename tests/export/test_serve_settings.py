@@ -137,18 +137,25 @@ def test_readme_llama_cli_example_matches_the_medical_recipe_context() -> None:
     assert line.split("-c ")[1].split()[0] == str(recipe["model"]["max_seq_length"])
 
 
-def make_dry_run(*args: str, env: dict | None = None) -> str:
-    done = subprocess.run(["make", "-n", "--no-print-directory", "serve", "VENV=/nonexistent-venv", *args],
+def make_environment(*args: str, env: dict | None = None) -> dict[str, str]:
+    """What `make serve ...` hands its command: the recipe line runs a shell that prints the variables instead."""
+    printer = 'PY=sh -c "echo HOST=[$$HOST] PORT=[$$PORT] QUANT=[$$QUANT]" sh'
+    done = subprocess.run(["make", "-s", "--no-print-directory", "serve", "VENV=/nonexistent-venv",
+                           "-o", "/nonexistent-venv/.export", "-o", "/nonexistent-venv/.core", printer, *args],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    lines = done.stdout.replace("\\\n", " ").splitlines()  # join the recipe's continued lines
-    return next(line for line in lines if "-m export serve" in line)
+    line = done.stdout.strip().splitlines()[-1]
+    return {k: v.strip("[]") for k, v in (part.split("=", 1) for part in line.split())}
 
 
 def test_make_serve_takes_host_from_the_command_line_only() -> None:
-    assert "--host 0.0.0.0" in make_dry_run("HOST=0.0.0.0")
-    assert "--host" not in make_dry_run(env={"HOST": "my-laptop"})  # zsh and others export a HOST of their own
-    assert "--port 8000" in make_dry_run() and "--port 9001" in make_dry_run("PORT=9001")
-    assert "--quant q8_0" in make_dry_run("QUANT=q8_0")
+    from trainer.makeargs import TARGETS, command_line
+
+    assert make_environment("HOST=0.0.0.0")["HOST"] == "0.0.0.0"
+    assert make_environment(env={"HOST": "my-laptop"})["HOST"] == ""  # zsh and others export a HOST of their own
+    serve = TARGETS["serve"]
+    argv = command_line(serve, {"RUN": "latest", "HOST": "0.0.0.0", "PORT": "9001", "QUANT": "q8_0"})
+    assert argv[:1] == ["serve"] and "--host" in argv and argv[argv.index("--port") + 1] == "9001"
+    assert argv[argv.index("--quant") + 1] == "q8_0" and "--host" not in command_line(serve, {"RUN": "latest"})
 
 
 def finished_run(tmp_path: Path) -> Path:

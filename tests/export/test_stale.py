@@ -76,15 +76,20 @@ def test_export_json_keeps_the_files_of_an_earlier_export(tmp_path):
     q8.write_bytes(b"gguf")
     q4.write_bytes(b"gguf")
     earlier = {"files": [{"path": str(q8)}, {"path": str(removed)}],
-               "checks": [{"name": "top1_agreement", "passed": True, "numbers": {"file": q8.name}},
+               "checks": [{"name": "perplexity", "passed": True, "numbers": {"file": q8.name}},
+                          {"name": "perplexity", "passed": True, "numbers": {"file": removed.name}},
                           {"name": "greedy", "passed": True, "numbers": {}}], "passed": True}
     (tmp_path / "export.json").write_text(json.dumps(earlier))
     new = {"files": [{"path": str(q4)}], "passed": True,
-           "checks": [{"name": "top1_agreement", "passed": False, "numbers": {"file": q4.name}}]}
+           "checks": [{"name": "perplexity", "passed": True, "numbers": {"file": q4.name}}]}
     merged = with_earlier(new, tmp_path / "export.json")
     assert [f["path"] for f in merged["files"]] == [str(q4), str(q8)]  # the removed file is not listed
     assert [c["numbers"]["file"] for c in merged["checks"]] == [q4.name, q8.name]
-    assert merged["passed"]  # q4_k_m's agreement is reported, not required
+    assert merged["passed"] is True
+    earlier["checks"][0]["passed"] = False  # a kept file that failed its check leaves the folder not good
+    (tmp_path / "export.json").write_text(json.dumps(earlier))
+    assert with_earlier(new, tmp_path / "export.json")["passed"] is False
+    assert with_earlier({**new, "passed": None}, tmp_path / "export.json")["passed"] is None  # --no-verify
 
 
 def test_modelfile_names_the_other_files_and_uses_the_system_prompt():
