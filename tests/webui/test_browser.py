@@ -80,7 +80,7 @@ def test_train_evaluate_chat_export_in_the_browser(server, chromium, tmp_path):
     fill(page, "knob-train-learning-rate", "-1")
     expect_text(page, "#train-message", "train.learning_rate: must be above 0")
     page.click("#start")
-    expect_text(page, "#train-message", "error: command line (train.learning_rate=-1)")
+    expect_text(page, "#train-message", "error, nothing started: command line (train.learning_rate=-1)")
     fill(page, "knob-train-learning-rate", "5e-3")
     expect_text(page, "#train-message", "recipe ok")
     # Broken data: the file and line, and nothing starts.
@@ -88,7 +88,7 @@ def test_train_evaluate_chat_export_in_the_browser(server, chromium, tmp_path):
     broken.write_text('{"conversations": [{"from": "human", "value": "hi"}]}\n{"conversations": [\n')
     fill(page, "data-path", str(broken))
     page.click("#start")
-    expect_text(page, "#train-message", f"error: {broken}:2")
+    expect_text(page, "#train-message", f"error, nothing started: {broken}:2")
     assert not runs_under(work / "runs"), "a refused Start must not make a run folder"
     shots.take(page, "train-error")
 

@@ -82,4 +82,4 @@ def test_the_form_passes_only_what_the_user_changed_and_checks_like_the_cli(tmp_
     assert command == ""
     missing = str(tmp_path / "nope.jsonl")
     assert train_tab.start("news", missing, None, data_format, "", "", *knob_values).startswith(
-        f"error: command line (data.path={missing}): data.path: file not found")
+        f"error, nothing started: command line (data.path={missing}): data.path: file not found")

@@ -119,7 +119,7 @@ def start(recipe_name, *form) -> str:
         load_conversations(load(recipe_name, args))  # bad data stops here, before anything starts
         jobs.start_training([recipe_name, *args])
     except UserError as error:
-        return f"error: {error.render()}"
+        return f"error, nothing started: {error.render()}"
     return f"started: `{make_command(recipe_name, args)}`; it keeps running if you close this page"
 
 
@@ -214,18 +214,20 @@ def build():
 
     form = [data_path, upload, data_format, columns, extra, *fields]
     quiet = {"show_progress": "hidden"}
+    # One queue for everything that writes the message, so answers arrive in the order of the clicks and edits.
+    ordered = {"concurrency_id": "train-form", "concurrency_limit": 1}
     recipe.change(prefill, recipe, [data_path, data_format, *fields], **quiet).then(
-        check, [recipe, *form], [message, command], **quiet)
+        check, [recipe, *form], [message, command], **quiet, **ordered)
     profile = fields[MAIN_KEYS.index("profile")]
     others = [data_path, data_format, *(f for f in fields if f is not profile)]
     profile.input(refill_for_profile, [recipe, profile], others, **quiet)
     for component in form:
-        component.change(check, [recipe, *form], [message, command], **quiet)
+        component.change(check, [recipe, *form], [message, command], **quiet, **ordered)
     preview_button.click(lambda: gr.Accordion(open=True), None, preview_box).then(
-        preview, [recipe, *form], [message, examples, summary])
-    start_button.click(start, [recipe, *form], message)
-    stop_button.click(stop, None, message)
-    resume_button.click(resume, None, message)
+        preview, [recipe, *form], [message, examples, summary], **ordered)
+    start_button.click(start, [recipe, *form], message, **ordered)
+    stop_button.click(stop, None, message, **ordered)
+    resume_button.click(resume, None, message, **ordered)
     gr.Timer(1.0).tick(follow, None, [progress, plot, log], **quiet)
 
 
