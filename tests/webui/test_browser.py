@@ -111,7 +111,8 @@ def test_train_evaluate_chat_export_in_the_browser(server, chromium, tmp_path):
     wait_for(lambda: run.state == "stopped", 300, "the stop")
     stopped_at = int(run.latest_checkpoint().name.split("-")[-1])
     assert 1 <= stopped_at < int(STEPS)
-    expect_text(page, "#progress", "stopped, resumable from checkpoint-", timeout=30)
+    expect_text(page, "#progress", f"resumable from checkpoint-{stopped_at}", timeout=30)
+    assert ": stopped" in page.inner_text("#progress")
     shots.take(page, "train-stopped")
 
     # Resume, then close the browser: the training goes on to the end with no page open.
