@@ -124,7 +124,7 @@ def test_train_evaluate_chat_export_in_the_browser(server, chromium, tmp_path):
     assert json.loads(run.command.read_text())["argv"][0] == "news"
     page = open_page(chromium, url)
     expect_text(page, "#progress", "finished")
-    expect_text(page, "#log", "done in")
+    wait_for(lambda: "done in" in field(page, "log").input_value(), 60, "the end of the log in the page")
     page.wait_for_selector("#loss-plot canvas, #loss-plot svg", timeout=30_000)
     shots.take(page, "train")
 
