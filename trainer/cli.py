@@ -166,7 +166,11 @@ def plan_command(args) -> int:
 
 
 def launch_training(args, recipe, hardware) -> int:
-    """`--gpus N`: check what can be checked once, choose the run folder, start N training processes."""
+    """`--gpus N`: check what can be checked once, choose the run folder, start N training processes.
+
+    A SIGTERM (the web UI's Stop) is handed to `accelerate launch`, which signals its workers; whether each then
+    saves its checkpoint as a single process does was not checked on several GPUs."""
+    import signal
     import subprocess
 
     import torch
@@ -192,10 +196,13 @@ def launch_training(args, recipe, hardware) -> int:
     print(f"launching {strategy} on {where}; run folder {run_dir}", flush=True)
     argv = ["train", args.recipe, *args.overrides, "--run-dir", str(run_dir), *(["--resume"] if args.resume else [])]
     run = RunFolder(run_dir)
-    run.claim()  # the launcher is the process to signal (Stop): accelerate passes SIGTERM on to the workers
+    run.claim()  # this launcher is the process a Stop signals; it hands SIGTERM on to accelerate
+    process = subprocess.Popen(launch_command(strategy, args.gpus, hardware.cuda, argv))
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
     try:
-        return subprocess.run(launch_command(strategy, args.gpus, hardware.cuda, argv), check=False).returncode
+        return process.wait()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         run.release()
 
 

@@ -24,7 +24,7 @@ def test_knob_docs_are_the_schema_docstrings():
 
 def test_only_changed_values_become_overrides():
     recipe = Recipe(train=TrainConfig(learning_rate=2e-4, max_steps=None))
-    made = knobs.overrides(recipe, {"train.learning_rate": "0.0002", "train.max_steps": "none",
+    made = knobs.overrides(recipe, {"train.learning_rate": "2e-4", "train.max_steps": "none",
                                     "train.batch_size": "4", "lora.target_modules": "[q_proj, v_proj]",
                                     "train.epochs": ""})
     assert made == ["train.batch_size=4", "lora.target_modules=[q_proj, v_proj]"]
@@ -63,3 +63,23 @@ def test_run_views_read_the_log_and_progress(tmp_path):
     assert views.duration(3725) == "1 h 2 min" and views.duration(75) == "1 min 15 s"
     row = views.runs_table([run])[0]
     assert row[1] == "failed" and row[2] == "3/12"
+
+
+def test_the_form_passes_only_what_the_user_changed_and_checks_like_the_cli(tmp_path):
+    from trainer.webui import train_tab
+
+    values = train_tab.prefill("news")  # data path, format, then the knobs, as the page shows them
+    data_path, data_format, knob_values = values[0], values[1], values[2:]
+    unchanged = [data_path, None, data_format, "", "", *knob_values]
+    assert train_tab.form_args("news", *unchanged) == []
+    changed = dict(zip(knobs.MAIN_KEYS, knob_values))
+    changed["train.learning_rate"] = "-1"
+    form = [data_path, None, data_format, "question=Q", "eval.samples=3", *changed.values()]
+    assert train_tab.form_args("news", *form) == ["data.columns.question=Q", "train.learning_rate=-1",
+                                                  "eval.samples=3"]
+    message, command = train_tab.check("news", *form)
+    assert message == "error: command line (train.learning_rate=-1): train.learning_rate: must be above 0, got -1.0"
+    assert command == ""
+    missing = str(tmp_path / "nope.jsonl")
+    assert train_tab.start("news", missing, None, data_format, "", "", *knob_values).startswith(
+        f"error, nothing started: command line (data.path={missing}): data.path: file not found")

@@ -76,10 +76,21 @@ def overrides(recipe, values: dict[str, str]) -> list[str]:
         text = "" if text is None else str(text).strip()
         if not text:
             continue
-        if recipe is not None and parse_override(f"k={text}")[1] == parse_override(f"k={value_text(recipe, key)}")[1]:
+        if recipe is not None and _same(parse_override(f"k={text}")[1],
+                                        parse_override(f"k={value_text(recipe, key)}")[1]):
             continue
         out.append(f"{key}={text}")
     return out
+
+
+def _same(typed, current) -> bool:
+    """Equal as values: `5e-3` (text to YAML 1.1) and 0.005 are the same learning rate."""
+    if typed == current:
+        return True
+    try:
+        return not isinstance(typed, bool) and not isinstance(current, bool) and float(typed) == float(current)
+    except (TypeError, ValueError):
+        return False
 
 
 def extra_overrides(text: str) -> list[str]:

@@ -40,8 +40,12 @@ def load(recipe_name: str, args: list[str] = ()):
 
 def form_args(recipe_name, data_path, upload, data_format, columns, extra, *values) -> list[str]:
     """The overrides the form makes: data, changed knobs, then the free-form box (which wins)."""
-    base = load(recipe_name)
-    args = overrides(base, {"data.path": upload or data_path, "data.format": data_format})
+    chosen = dict(zip(MAIN_KEYS, values, strict=True))
+    auto = load(recipe_name)
+    # Knobs are compared with the recipe under the chosen card's profile: only what differs from it is passed.
+    profile_args = overrides(auto, {"profile": chosen["profile"]})
+    base = load(recipe_name, profile_args) if profile_args else auto
+    args = profile_args + overrides(base, {"data.path": upload or data_path, "data.format": data_format})
     for pair in (columns or "").replace("\n", ",").split(","):
         if pair.strip():
             name, sep, column = pair.partition("=")
@@ -49,7 +53,7 @@ def form_args(recipe_name, data_path, upload, data_format, columns, extra, *valu
                 raise UserError(f"column mapping '{pair.strip()}': expected name=column", where="columns",
                                 fix="e.g. question=Question, reasoning=Complex_CoT, answer=Response")
             args.append(f"data.columns.{name.strip()}={column.strip()}")
-    args += overrides(base, dict(zip(MAIN_KEYS, values, strict=True)))
+    args += overrides(base, {k: v for k, v in chosen.items() if k != "profile"})
     return args + extra_overrides(extra)
 
 
@@ -70,10 +74,19 @@ def predicted_memory(recipe) -> str:
     return ""
 
 
-def prefill(recipe_name):
-    """Form values from a recipe: its data file and format, and every knob's current value."""
-    recipe = load(recipe_name)
+def prefill(recipe_name, profile: str | None = None):
+    """Form values from a recipe (with a chosen card profile): its data file and format, and every knob's value."""
+    recipe = load(recipe_name, [f"profile={profile}"] if profile else [])
     return [value_text(recipe, key) for key in DATA_KEYS] + [value_text(recipe, key) for key in MAIN_KEYS]
+
+
+def refill_for_profile(recipe_name, profile):
+    """Another card: show the values its profile sets (the knobs other than the profile itself)."""
+    try:
+        values = prefill(recipe_name, profile)
+    except UserError:
+        return [gr.update()] * (len(DATA_KEYS) + len(MAIN_KEYS) - 1)  # the check reports the bad profile
+    return [v for key, v in zip([*DATA_KEYS, *MAIN_KEYS], values, strict=True) if key != "profile"]
 
 
 def preview(recipe_name, *form):
@@ -106,7 +119,7 @@ def start(recipe_name, *form) -> str:
         load_conversations(load(recipe_name, args))  # bad data stops here, before anything starts
         jobs.start_training([recipe_name, *args])
     except UserError as error:
-        return f"error: {error.render()}"
+        return f"error, nothing started: {error.render()}"
     return f"started: `{make_command(recipe_name, args)}`; it keeps running if you close this page"
 
 
@@ -201,15 +214,20 @@ def build():
 
     form = [data_path, upload, data_format, columns, extra, *fields]
     quiet = {"show_progress": "hidden"}
+    # One queue for everything that writes the message, so answers arrive in the order of the clicks and edits.
+    ordered = {"concurrency_id": "train-form", "concurrency_limit": 1}
     recipe.change(prefill, recipe, [data_path, data_format, *fields], **quiet).then(
-        check, [recipe, *form], [message, command], **quiet)
+        check, [recipe, *form], [message, command], **quiet, **ordered)
+    profile = fields[MAIN_KEYS.index("profile")]
+    others = [data_path, data_format, *(f for f in fields if f is not profile)]
+    profile.input(refill_for_profile, [recipe, profile], others, **quiet)
     for component in form:
-        component.change(check, [recipe, *form], [message, command], **quiet)
+        component.change(check, [recipe, *form], [message, command], **quiet, **ordered)
     preview_button.click(lambda: gr.Accordion(open=True), None, preview_box).then(
-        preview, [recipe, *form], [message, examples, summary])
-    start_button.click(start, [recipe, *form], message)
-    stop_button.click(stop, None, message)
-    resume_button.click(resume, None, message)
+        preview, [recipe, *form], [message, examples, summary], **ordered)
+    start_button.click(start, [recipe, *form], message, **ordered)
+    stop_button.click(stop, None, message, **ordered)
+    resume_button.click(resume, None, message, **ordered)
     gr.Timer(1.0).tick(follow, None, [progress, plot, log], **quiet)
 
 
