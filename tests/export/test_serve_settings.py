@@ -218,3 +218,87 @@ def test_serve_refuses_the_network_without_a_key_before_exporting(tmp_path, monk
     monkeypatch.setattr(cli, "export_gguf", lambda *a, **k: pytest.fail("must not export"))
     assert cli.main(["serve", str(run_dir), "--host", "0.0.0.0"]) == 2
     assert "needs API_KEY" in capsys.readouterr().err
+
+
+# A stand-in for llama-server (an HTTP server in Python) to check our process handling quickly: waiting for the
+# model to load, reporting a server that dies, the key file, and stopping without leaving a process. What
+# llama-server itself answers is tested against the real binary in test_serve.py.
+FAKE_SERVER = r'''
+import http.server, json, os, signal, sys, time
+args, argv, i = {}, sys.argv[1:], 0
+while i < len(argv):  # "--flag value" or a lone "--flag"
+    value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
+    args[argv[i]] = value
+    i += 2 if value else 1
+if os.environ.get("FAKE_FAIL"):
+    print("error: failed to load model", flush=True)
+    sys.exit(3)
+if "--api-key-file" in args:
+    with open(os.environ["FAKE_SEEN_KEY"], "w") as seen:
+        seen.write(open(args["--api-key-file"]).read())
+loaded_at = time.monotonic() + 0.5
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = time.monotonic() > loaded_at
+        self.send_response(200 if ok else 503)
+        self.end_headers()
+        self.wfile.write(json.dumps({"status": "ok" if ok else "loading model"}).encode())
+    def log_message(self, *a):
+        pass
+server = http.server.HTTPServer((args["--host"], int(args["--port"])), Handler)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+server.serve_forever()
+'''
+
+
+@pytest.fixture
+def fake_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import sys
+
+    from export import llamacpp
+
+    script = tmp_path / "llama-server"
+    script.write_text(f"#!{sys.executable}\n{FAKE_SERVER}")
+    script.chmod(0o755)
+    tools = llamacpp.LlamaCppTools(*(script,) * 7, lib_dir=tmp_path)
+    monkeypatch.setattr(llamacpp, "tools", lambda *a: tools)
+    monkeypatch.setenv("FAKE_SEEN_KEY", str(tmp_path / "seen-key"))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    return tmp_path
+
+
+def test_server_start_waits_for_the_model_then_stop_leaves_nothing(fake_server: Path) -> None:
+    server = serve.start_server(fake_server / "m.gguf", api_key="s3cret", log_path=fake_server / "serve.log")
+    try:
+        assert server.process.poll() is None and server.base_url == f"http://127.0.0.1:{server.port}/v1"
+        with urllib_open(server.base_url.removesuffix("/v1") + "/health") as reply:
+            assert reply.status == 200  # start_server returned only once the model was loaded
+        assert (fake_server / "seen-key").read_text() == "s3cret\n"
+        assert oct(server._secrets.stat().st_mode & 0o777) == "0o700"
+    finally:
+        server.stop()
+    assert server.process.returncode == 0 and not server._secrets.exists()
+    server.stop()  # twice is fine
+
+
+def test_a_server_that_dies_while_starting_is_reported_with_its_log(fake_server: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    with pytest.raises(UserError) as err:
+        serve.start_server(fake_server / "m.gguf", log_path=fake_server / "serve.log")
+    assert "exit code 3" in str(err.value) and "failed to load model" in str(err.value)
+
+
+def test_serving_stops_the_server_when_the_caller_fails(fake_server: Path) -> None:
+    seen = []
+    with pytest.raises(RuntimeError):
+        with serve.serving(fake_server / "m.gguf") as base_url:
+            seen.append(base_url)
+            raise RuntimeError("the caller fails")
+    with pytest.raises(OSError):
+        urllib_open(seen[0].removesuffix("/v1") + "/health")
+
+
+def urllib_open(url: str):
+    import urllib.request
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5)
