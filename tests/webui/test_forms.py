@@ -83,3 +83,22 @@ def test_the_form_passes_only_what_the_user_changed_and_checks_like_the_cli(tmp_
     missing = str(tmp_path / "nope.jsonl")
     assert train_tab.start("news", missing, None, data_format, "", "", *knob_values).startswith(
         f"error, nothing started: command line (data.path={missing}): data.path: file not found")
+
+
+def test_the_train_tab_shows_the_planners_peak_for_the_chosen_card():
+    from trainer.hardware import Hardware
+    from trainer.plan import plan_recipe
+    from trainer.recipe import find_recipe, load_recipe
+    from trainer.webui.train_tab import RECIPES_DIR, predicted_memory
+
+    def on_gpu(*overrides):  # as the page loads it on a CUDA machine
+        return load_recipe(find_recipe("medical", RECIPES_DIR), ["profile=4090", *overrides], Hardware(cuda=True))
+
+    recipe = on_gpu()
+    shown = predicted_memory(recipe)
+    assert f"{plan_recipe(recipe, '4090', choose_settings=False).peak_gib:.2f} GiB" in shown and ": fits" in shown
+    too_big = predicted_memory(on_gpu("model.max_seq_length=16384", "train.batch_size=16",
+                                      "train.gradient_checkpointing=false"))
+    assert too_big.startswith("memory:") and "cannot fit" in too_big
+    assert predicted_memory(load_recipe(find_recipe("medical", RECIPES_DIR), ["profile=cpu"],
+                                        Hardware(cuda=False))) == ""  # the tiny model: no GPU plan

@@ -69,9 +69,26 @@ def check(recipe_name, *form) -> tuple[str, str]:
 
 
 def predicted_memory(recipe) -> str:
-    """HOOK (engineer 1, trainer/plan.py): the planner's predicted peak memory against the card, shown as the
-    knobs change. Wire it here once trainer/plan.py exists on main; until then nothing is shown, never a guess."""
-    return ""
+    """The planner's predicted peak GPU memory of these knobs (as written) against the chosen card, as
+    `make plan` prints it; on the tiny model or the `cpu` profile there is no GPU plan."""
+    from trainer.config import TINY
+    from trainer.plan import CannotFit, parse_card, plan_recipe
+
+    if recipe.model.base == TINY:
+        return ""
+    try:
+        card = parse_card(recipe.profile)[0]
+    except UserError:
+        card = None  # auto: the card is only known on the machine that trains
+    try:
+        plan = plan_recipe(recipe, card, choose_settings=False)
+    except CannotFit as error:
+        return f"memory: {error.render()}"
+    except UserError:
+        return ""
+    where = f" of {plan.budget_gib:.1f} GiB on {plan.card}" if plan.card else " (no card chosen)"
+    verdict = "" if plan.fits is None else (": fits" if plan.fits else ": does NOT fit")
+    return f"memory: predicted peak {plan.peak_gib:.2f} GiB{where}{verdict} (make plan shows the parts)"
 
 
 def prefill(recipe_name, profile: str | None = None):
