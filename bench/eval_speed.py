@@ -39,7 +39,7 @@ def main() -> int:
     backend = start_engine(recipe, hardware)
     import torch
 
-    from trainer.formats import Message
+    from trainer.data.formats import Message
     from trainer.generate import generate
     from trainer.model import load_for_inference
 

@@ -1,6 +1,6 @@
 """GRPO speed and peak memory on a real R1-Distill shape with random weights, under a simulated card's memory.
 
-The news recipe's prompts, `make grpo`'s trainer set-up (`trainer.grpo.train_grpo`: reward functions, GRPOConfig,
+The news recipe's prompts, `make grpo`'s trainer set-up (`trainer.training.grpo.train_grpo`: reward functions, GRPOConfig,
 Unsloth on CUDA), a fresh LoRA of the recipe's shape instead of an SFT adapter (same size and cost; random
 weights earn no reward, so only speed and memory mean anything). A random model never writes eos, so every
 completion runs to grpo.max_completion_length: the worst case for time and memory.
@@ -91,10 +91,10 @@ def measure(args, model_dir: Path, work: Path) -> dict:
 
 def run(recipe, hardware, work: Path):
     """`run_grpo` without an SFT run: a fresh adapter of the recipe's shape in place of a trained one."""
-    from trainer.grpo import prompt_rows, train_grpo
-    from trainer.data import load_conversations
+    from trainer.training.grpo import prompt_rows, train_grpo
+    from trainer.data.dataset import load_conversations
     from trainer.model import load_for_training, load_tokenizer, start_engine
-    from trainer.rewards import resolve
+    from trainer.training.rewards import resolve
     from trainer.runs import RunLog, new_run_dir
 
     start_engine(recipe, hardware)

@@ -1,6 +1,6 @@
 """Counting, timing and the figures derived from them: tokens/s, peak memory, MFU, and the printed table.
 
-Tokens are counted by the trainer's own `trainer.progress.batch_counts`, on the batches the trainer actually
+Tokens are counted by the trainer's own `trainer.training.progress.batch_counts`, on the batches the trainer actually
 feeds to the model (a wrapper around `trainer.training_step`), per optimizer step, so warm-up steps are excluded
 exactly and a dataloader that prefetches cannot skew the count. Time is taken at `on_step_end` after
 `torch.cuda.synchronize()`.
@@ -39,7 +39,7 @@ def make_meter(warmup: int, steps: int, cuda: bool):
     """A trainer callback that times steps warmup+1 .. warmup+steps and counts their tokens (see `attach`)."""
     from transformers import TrainerCallback  # here, not at import: unsloth must come before transformers
 
-    from trainer.progress import batch_counts  # the trainer's own count, so bench and train.log agree
+    from trainer.training.progress import batch_counts  # the trainer's own count, so bench and train.log agree
 
     class Meter(TrainerCallback):
         def __init__(self):

@@ -9,7 +9,7 @@ untied). Random weights give the same speed and memory as the real ones; no hub 
 
 A shape folder is built once per `--work` folder on the GPU, in bf16 with a fixed seed, saved as safetensors with
 the real tokenizer (R1-Distill-Qwen's for the Qwen shapes, R1-Distill-Llama's for the Llama shape; both rebuilt
-offline by `trainer.tiny` / `trainer.tiny_llama`, or carried as a tarball from `python -m bench export-tokenizers`).
+offline by `trainer.fixtures.tiny_qwen` / `trainer.fixtures.tiny_llama`, or carried as a tarball from `python -m bench export-tokenizers`).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ SHAPES: dict[str, Shape] = {
         rope_parameters={"rope_type": "llama3", "rope_theta": 500_000.0, "factor": 8.0, "low_freq_factor": 1.0,
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
     # CPU tests: the project's embedded 2-layer, width-64 R1-Distill-Qwen (real tokenizer), used as it is.
-    "tiny": Shape("tiny", "qwen2", "qwen", "trainer.tiny"),
+    "tiny": Shape("tiny", "qwen2", "qwen", "trainer.fixtures.tiny_qwen"),
 }
 
 
@@ -97,7 +97,7 @@ def shape_facts(path: Path) -> dict[str, Any]:
 
 def shape_dir(name: str, work: Path) -> Path:
     if name == "tiny":
-        from trainer.tiny import tiny_model_path
+        from trainer.fixtures.tiny_qwen import tiny_model_path
 
         return tiny_model_path()
     return Path(work) / "shapes" / name
@@ -148,13 +148,13 @@ def tokenizer_path(family: str, tokenizers: str | None, work: Path) -> Path:
         raise UserError(f"no {family} tokenizer in {tokenizers}", where="--tokenizers",
                         fix="make it with `python -m bench export-tokenizers FILE.tgz` on a machine with the cache")
     if family == "qwen":
-        from trainer.tiny import tiny_model_path
+        from trainer.fixtures.tiny_qwen import tiny_model_path
 
         return tiny_model_path()
     try:
-        from trainer.tiny_llama import tiny_llama_path
+        from trainer.fixtures.tiny_llama import tiny_llama_path
     except ImportError:
-        raise UserError("the Llama shape needs the R1-Distill-Llama tokenizer, and trainer/tiny_llama.py is missing",
+        raise UserError("the Llama shape needs the R1-Distill-Llama tokenizer, and trainer/fixtures/tiny_llama.py is missing",
                         where="--shapes", fix="pass --tokenizers with a llama/ folder, or leave llama-8b out") from None
     return tiny_llama_path()
 

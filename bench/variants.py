@@ -99,13 +99,13 @@ def project_overrides(job: dict, variant: Variant, max_length: int, run_dir: Pat
 
 def project_trainer(job: dict, variant: Variant, spec, rows: list[dict], run_dir: Path):
     """(b), (d) and (p): the product's own calls, in the order its CLI makes them."""
-    from trainer.data import DataReport, Prepared
+    from trainer.data.dataset import DataReport, Prepared
     from trainer.hardware import detect
     from trainer.model import load_for_training, load_tokenizer, start_engine
     from trainer.recipe import load_recipe
     from trainer.runs import RunLog
-    from trainer.template import Encoded
-    from trainer.train import build_trainer
+    from trainer.data.template import Encoded
+    from trainer.training.sft import build_trainer
 
     hardware = detect()
     overrides = project_overrides(job, variant, spec.max_length, run_dir)

@@ -3,7 +3,7 @@
 Each row is a question, a chain of thought and an answer, written as sentences of words that the tokenizer maps to
 exactly one token each (checked per tokenizer), so the sampled lengths are the token lengths. Lengths are drawn
 from clipped log-normal distributions (parameters in `MEDICAL`, written into the output). Rows are rendered and
-masked by the project's own `trainer.template.encode_conversation` (prompt masked, reasoning and eos trained);
+masked by the project's own `trainer.data.template.encode_conversation` (prompt masked, reasoning and eos trained);
 the seed scripts' and notebook variants get the same conversation as one text string and tokenize it their way.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.formats import Message
-from trainer.template import IGNORE, encode_conversation, render_turns
+from trainer.data.formats import Message
+from trainer.data.template import IGNORE, encode_conversation, render_turns
 
 
 @dataclass(frozen=True)

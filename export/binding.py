@@ -13,7 +13,7 @@ import sys
 
 from export.progress import BuildProgress
 from trainer.errors import UserError
-from trainer.vendor import LLAMA_CPP_PYTHON_VERSION, sdist_archive
+from export.llamacpp_source import LLAMA_CPP_PYTHON_VERSION, sdist_archive
 
 NO_LIBRARY = "-DLLAMA_BUILD=OFF"
 

@@ -14,7 +14,7 @@ from trainer.errors import UserError
 
 
 class GGUFTemplate:
-    """Just enough of a tokenizer for `trainer.template.prompt_text`: the GGUF's own Jinja chat template."""
+    """Just enough of a tokenizer for `trainer.data.template.prompt_text`: the GGUF's own Jinja chat template."""
 
     def __init__(self, template: str, bos_token: str):
         from jinja2.sandbox import ImmutableSandboxedEnvironment

@@ -21,7 +21,7 @@ from types import ModuleType
 from export.progress import BuildProgress
 from trainer.cache import building, cache_dir
 from trainer.errors import UserError
-from trainer.vendor import LLAMA_CPP_PYTHON_VERSION, llama_cpp_source
+from export.llamacpp_source import LLAMA_CPP_PYTHON_VERSION, llama_cpp_source
 
 TARGETS = ("llama-quantize", "llama-cli", "llama-completion", "llama-perplexity", "llama-server")
 """Binaries: quantization, the chat CLI users are told to run, plain completion for scripts, perplexity for GGUF

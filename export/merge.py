@@ -20,7 +20,7 @@ from trainer.model import base_path
 from trainer.runs import ADAPTER
 
 MERGED = "merged"
-METRICS = "metrics.json"  # written by trainer.train; the run-folder type should own this name
+METRICS = "metrics.json"  # written by trainer.training.sft; the run-folder type should own this name
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "vocab.json", "merges.txt")
 CONFIG_FILES = ("config.json", "generation_config.json")

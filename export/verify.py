@@ -238,8 +238,8 @@ class HeldOut:
 def held_out_texts(run_dir: Path, hf_dir: Path, max_tokens: int = PERPLEXITY_TOKENS) -> HeldOut:
     """The run's held-out conversations (eval_data.jsonl) encoded as in training, the reply tokens scored;
     the built-in texts (every token scored) when the run kept no eval rows."""
-    from trainer.data import read_conversations
-    from trainer.template import encode_conversation
+    from trainer.data.dataset import read_conversations
+    from trainer.data.template import encode_conversation
 
     tok = _hf_tokenizer(str(hf_dir))
     path = Path(run_dir) / "eval_data.jsonl"

@@ -159,12 +159,12 @@ def expect_one_line(capsys, code: int, expected: list[str], tmp_path: Path, line
 
 def test_a_fault_before_the_first_step_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
     """A fault after the run folder was made (here: the trainer refusing to start) removes that folder."""
-    import trainer.train
+    import trainer.training.sft
 
     def refuse(*args, **kwargs):
         raise UserError("the trainer could not start", where="train")
 
-    monkeypatch.setattr(trainer.train, "train", refuse)
+    monkeypatch.setattr(trainer.training.sft, "train", refuse)
     code = main(["train", str(GOOD), f"train.output_dir={tmp_path / 'runs'}"])
     err = capsys.readouterr().err
     assert code == 2 and "could not start" in err, err

@@ -160,7 +160,7 @@ def test_ctrl_c_while_writing_stops_the_reply_and_keeps_no_turn(tokenizer):
 # ---- the real command on a tiny run ----------------------------------------------------------------------------
 
 def test_prompt_mode_streams_reasoning_and_answer_apart(tiny_run, capsys):
-    from trainer.formats import Message
+    from trainer.data.formats import Message
     from trainer.generate import generate
     from trainer.hardware import detect
     from trainer.model import load_for_inference
@@ -181,7 +181,7 @@ def test_prompt_mode_streams_reasoning_and_answer_apart(tiny_run, capsys):
     # What ended the reply, read from the raw ids of the same greedy generation.
     import torch
 
-    from trainer.template import prompt_text
+    from trainer.data.template import prompt_text
 
     prompt = loaded.tokenizer(prompt_text([Message("user", question)], loaded.tokenizer), add_special_tokens=False,
                               return_tensors="pt")

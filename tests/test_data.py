@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import DataConfig, MixSource, ModelConfig, Recipe
-from trainer.data import load_conversations, prepare, read_conversations, save_conversations
+from trainer.data.dataset import load_conversations, prepare, read_conversations, save_conversations
 from trainer.errors import UserError
 from trainer.model import load_tokenizer
 

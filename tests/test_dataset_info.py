@@ -8,10 +8,10 @@ import pytest
 
 from trainer.cli import main
 from trainer.config import DataConfig, MixSource, ModelConfig, Recipe, Source
-from trainer.data import load_conversations
-from trainer.dataset_info import describe
+from trainer.data.dataset import load_conversations
+from trainer.data.dataset_info import describe
 from trainer.errors import UserError
-from trainer.formats import Message
+from trainer.data.formats import Message
 
 ALPACA = [{"instruction": f"Add {i} and 1.", "input": "", "output": f"<think>\n{i}+1\n</think>\n\n{i + 1}",
            "system": "Be exact.", "history": [["Hi", "Hello."]]} for i in range(6)]

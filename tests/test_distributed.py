@@ -9,7 +9,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 
 from trainer.cli import main
 from trainer.config import check
-from trainer.distributed import CONFIG_DIR, check_launch, launch_command, strategy_of
+from trainer.training.distributed import CONFIG_DIR, check_launch, launch_command, strategy_of
 from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.recipe import find_recipe, load_recipe

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from trainer import evaluate as ev
+from trainer.evaluation import evaluate as ev
 from trainer.cli import main
 from trainer.errors import UserError
 from trainer.runs import resolve_run
-from trainer.metrics import corpus_scores
-from trainer.template import Encoded
+from trainer.evaluation.metrics import corpus_scores
+from trainer.data.template import Encoded
 
 EVAL_ROWS = 6
 

@@ -5,8 +5,8 @@ import pytest
 
 from trainer.config import Columns, Source, Tags
 from trainer.errors import UserError
-from trainer.formats import Dropped, Message, placeholders, to_conversation
-from trainer.sources import Row
+from trainer.data.formats import Dropped, Message, placeholders, to_conversation
+from trainer.data.sources import Row
 
 
 def convert(data, **source):

@@ -1,4 +1,4 @@
-"""Tests for trainer.metrics.
+"""Tests for trainer.evaluation.metrics.
 
 Reference comparisons need the test-only packages rouge-chinese and nltk and are skipped without them;
 the hand-computed cases below keep the suite meaningful when they are absent.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.metrics import (
+from trainer.evaluation.metrics import (
     bleu4_chars,
     corpus_scores,
     label_match,
@@ -173,7 +173,7 @@ def test_perplexity():
 
 
 def test_jieba_startup_is_silent():
-    code = "from trainer.metrics import rouge_bleu; rouge_bleu('今天天气很好', '今天天气不错')"
+    code = "from trainer.evaluation.metrics import rouge_bleu; rouge_bleu('今天天气很好', '今天天气不错')"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr

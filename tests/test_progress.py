@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from trainer.progress import TokenCounter, batch_counts
-from trainer.template import IGNORE
+from trainer.training.progress import TokenCounter, batch_counts
+from trainer.data.template import IGNORE
 
 
 def test_batch_counts_padded_flat_and_packed():

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from trainer import r1
-from trainer.metrics import think_format_ok
+from trainer.evaluation.metrics import think_format_ok
 from trainer.r1 import EOS, ReasoningStream, Split, split_reasoning
 
 EOS_TEXT = EOS

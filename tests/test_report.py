@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.report import answer_kind, metric_table
+from trainer.evaluation.report import answer_kind, metric_table
 
 SAMPLES = Path(__file__).resolve().parent.parent / "recipes" / "samples"
 

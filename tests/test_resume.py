@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import resume
+from trainer.training import resume
 from trainer.config import Recipe, TrainConfig
 from trainer.errors import UserError, run_command
 from trainer.runs import latest_checkpoint
@@ -149,7 +149,7 @@ def test_several_processes_report_a_problem_once(capsys, monkeypatch):
 def test_nan_guard_names_a_checkpoint_from_before_the_bad_update(tmp_path, key, kept):
     from transformers import TrainerControl, TrainerState
 
-    from trainer.train import NonFiniteGuard
+    from trainer.training.sft import NonFiniteGuard
 
     fake_checkpoint(tmp_path, 4)
     fake_checkpoint(tmp_path, 6)

@@ -1,4 +1,4 @@
-"""GRPO's rewards, its recipe section, and the run-folder helpers of trainer.grpo (no model involved)."""
+"""GRPO's rewards, its recipe section, and the run-folder helpers of trainer.training.grpo (no model involved)."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,12 @@ import pytest
 
 from trainer.config import Recipe
 from trainer.errors import UserError
-from trainer.grpo import find_sft_run, prompt_rows, summarize
-from trainer.data import Conversation
-from trainer.formats import Message
+from trainer.training.grpo import find_sft_run, prompt_rows, summarize
+from trainer.data.dataset import Conversation
+from trainer.data.formats import Message
 from trainer.hardware import Hardware
 from trainer.recipe import ConfigError, find_recipe, load_recipe
-from trainer.rewards import (correctness_reward, format_reward, resolve, trl_reward_functions)
+from trainer.training.rewards import (correctness_reward, format_reward, resolve, trl_reward_functions)
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 EOS = "<｜end▁of▁sentence｜>"
@@ -132,7 +132,7 @@ def test_reward_start_and_end_average_the_first_and_last_tenth():
 
 
 def test_continued_recipe_keeps_the_sft_model_and_takes_this_commands_grpo_section(tmp_path):
-    from trainer.grpo import continued_recipe
+    from trainer.training.grpo import continued_recipe
 
     sft = news(["lora.rank=8", "train.output_dir=/elsewhere"])
     requested = news(["lora.rank=64", "grpo.steps=7", f"train.output_dir={tmp_path}"])

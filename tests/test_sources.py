@@ -6,7 +6,7 @@ import json
 import pytest
 
 from trainer.errors import UserError
-from trainer.sources import read_rows
+from trainer.data.sources import read_rows
 
 ROWS = [{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2"}]
 

@@ -10,11 +10,11 @@ import importlib.resources
 import pytest
 import torch
 
-from trainer.formats import Message
+from trainer.data.formats import Message
 from trainer.model import set_distinct_pad
 from trainer.r1 import GENERATION_PROMPT
 from trainer.r1 import chat_template as r1_chat_template
-from trainer.template import IGNORE, encode_conversation, prompt_text, render_turns
+from trainer.data.template import IGNORE, encode_conversation, prompt_text, render_turns
 
 BOS, EOS_ID, THINK_ID, END_THINK_ID, NL, NLNL = 151646, 151643, 151648, 151649, 198, 271
 
@@ -172,8 +172,8 @@ def test_ids_equal_ordinary_encoding_when_the_data_quotes_no_token(tokenizer):
 
 
 def test_llama_distill_tokenizer_encodes_data_parts_like_ordinary_text():
-    from trainer import tiny_llama
-    from trainer.vendor import llama_cpp_source
+    from trainer.fixtures import tiny_llama
+    from export.llamacpp_source import llama_cpp_source
 
     llama = tiny_llama.build_r1_llama_tokenizer(llama_cpp_source() / "models" / "ggml-vocab-llama-bpe.gguf")
     messages = [Message("user", "What is 2+2?  Explain.\n"), Message("assistant", "4", "Two plus two is four.")]

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data import prepare
+from trainer.data.dataset import prepare
 from trainer.hardware import Hardware
 from trainer.model import load_for_training, load_tokenizer
 from trainer.recipe import find_recipe, load_recipe
 from trainer.runs import RunLog
-from trainer.train import TRL_PACKING_WARNING, build_trainer
+from trainer.training.sft import TRL_PACKING_WARNING, build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer import vendor
+from export import llamacpp_source as vendor
 from trainer.errors import UserError
 
 TOP = f"llama_cpp_python-{vendor.LLAMA_CPP_PYTHON_VERSION}"

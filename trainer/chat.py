@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from trainer.formats import Message
+from trainer.data.formats import Message
 from trainer.r1 import ReasoningStream
-from trainer.template import prompt_text
+from trainer.data.template import prompt_text
 
 DIM, RESET = "\033[2m", "\033[0m"
 TOP_P = 0.95

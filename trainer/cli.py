@@ -9,7 +9,7 @@ import argparse
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainer.distributed import is_main, launched
+from trainer.training.distributed import is_main, launched
 from trainer.errors import UserError, run_command
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -53,13 +53,13 @@ def _train(args, recipe, hardware, resume_dir, checkpoint, notes, plan=None) -> 
     from trainer.model import start_engine
 
     start_engine(recipe, hardware)
-    # Only now: trainer.train imports transformers, TRL and PEFT, which Unsloth (imported by start_engine) must
+    # Only now: trainer.training.sft imports transformers, TRL and PEFT, which Unsloth (imported by start_engine) must
     # patch first (tests/test_cli.py checks that none of them is loaded before start_engine).
-    from trainer.data import encode, load_conversations, save_conversations
+    from trainer.data.dataset import encode, load_conversations, save_conversations
     from trainer.model import load_for_training, load_tokenizer
     from trainer.recipe import save_resolved
     from trainer.runs import RunFolder, RunLog
-    from trainer.train import train
+    from trainer.training.sft import train
 
     log = RunLog(quiet=not is_main())
     log.say(banner(recipe, hardware))
@@ -102,9 +102,9 @@ def _remove_unstarted() -> None:
 def training_in(run, args, owner: bool):
     """While training: `RUNNING` holds this process's pid (the folder's state is `running`), the command is
     kept for a later resume, and progress.json ends in `finished`, `stopped` or `failed`."""
-    from trainer.progress import write_progress
+    from trainer.training.progress import write_progress
     from trainer.runs import write_json
-    from trainer.train import Stopped
+    from trainer.training.sft import Stopped
 
     if not is_main():
         yield
@@ -175,8 +175,8 @@ def launch_training(args, recipe, hardware) -> int:
 
     import torch
 
-    from trainer.data import load_conversations
-    from trainer.distributed import check_launch, launch_command
+    from trainer.data.dataset import load_conversations
+    from trainer.training.distributed import check_launch, launch_command
     from trainer.runs import RunFolder, new_run_dir
 
     if args.gpus < 1:
@@ -269,9 +269,9 @@ def _differences(saved, current) -> list[str]:
 
 
 def preview_command(args) -> int:
-    from trainer.data import encode, load_conversations
+    from trainer.data.dataset import encode, load_conversations
     from trainer.model import load_tokenizer
-    from trainer.preview import print_examples
+    from trainer.data.preview import print_examples
 
     recipe, _ = _recipe_and_hardware(args)
     conversations = load_conversations(recipe)
@@ -282,8 +282,8 @@ def preview_command(args) -> int:
 
 
 def eval_command(args) -> int:
-    from trainer.evaluate import evaluate
-    from trainer.report import metric_table
+    from trainer.evaluation.evaluate import evaluate
+    from trainer.evaluation.report import metric_table
 
     run, overrides = _run_and_overrides(args)
     metrics = evaluate(run, samples=args.samples, overrides=overrides)
@@ -308,7 +308,7 @@ def _run_and_overrides(args) -> tuple[str, list[str]]:
 
 
 def grpo_command(args) -> int:
-    from trainer.grpo import run_grpo
+    from trainer.training.grpo import run_grpo
 
     recipe, hardware = _recipe_and_hardware(args)
     run_grpo(recipe, hardware, sft_run=args.run)

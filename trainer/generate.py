@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from trainer.formats import Message
-from trainer.template import encode_parts, prompt_parts
+from trainer.data.formats import Message
+from trainer.data.template import encode_parts, prompt_parts
 
 
 def history_of(messages: list[Message]) -> list[Message]:

@@ -33,7 +33,7 @@ class Loaded:
 def base_path(model: ModelConfig) -> str:
     """The hub id or folder to load: `tiny` means the embedded offline model, built on first use."""
     if model.base == TINY:
-        from trainer.tiny import tiny_model_path
+        from trainer.fixtures.tiny_qwen import tiny_model_path
 
         return str(tiny_model_path())
     if not Path(model.base).expanduser().exists():
@@ -93,7 +93,7 @@ def hide_weight_loading_bar() -> None:
 
 def training_backend(recipe: Recipe, hardware: Hardware) -> str:
     """`choose_backend`, except that sharded multi-GPU strategies (FSDP, ZeRO) always use transformers + PEFT."""
-    from trainer.distributed import strategy_of, uses_unsloth
+    from trainer.training.distributed import strategy_of, uses_unsloth
 
     if uses_unsloth(recipe):
         return choose_backend(recipe.model, hardware)
@@ -177,7 +177,7 @@ def align_token_ids(model, tokenizer) -> None:
 def _unsloth_model(recipe: Recipe, hardware: Hardware):
     from unsloth import FastLanguageModel  # unsloth must be imported before transformers/peft
 
-    from trainer.distributed import launched, local_rank
+    from trainer.training.distributed import launched, local_rank
 
     m, lora, method = recipe.model, recipe.lora, recipe.train.method
     model, _ = FastLanguageModel.from_pretrained(
@@ -210,7 +210,7 @@ def _transformers_base(recipe: Recipe, hardware: Hardware, path: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.distributed import local_rank, sharded
+    from trainer.training.distributed import local_rank, sharded
 
     m = recipe.model
     kwargs: dict[str, Any] = dict(dtype=torch_dtype(m, hardware), trust_remote_code=m.trust_remote_code,

@@ -119,7 +119,7 @@ def _result_lines(training: dict, evaluation: dict) -> list[str]:
         lines.append(f"- training loss {_num(training.get('first_loss'))} -> {_num(training.get('final_loss'))} "
                      f"over {training.get('steps', 'n/a')} steps; eval loss {_num(training.get('eval_loss'))}")
     if evaluation:
-        from trainer.report import metric_table
+        from trainer.evaluation.report import metric_table
 
         lines += ["", f"Held-out evaluation ({evaluation.get('samples')} rows, greedy; from `make eval`):", "",
                   metric_table(evaluation)]

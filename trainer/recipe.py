@@ -22,7 +22,7 @@ from trainer.config import Recipe
 from trainer.errors import UserError
 from trainer.hardware import Hardware, NoCudaForCard, ProfileChoice, pick_profile
 from trainer.hub import looks_local
-from trainer.sources import read_utf8
+from trainer.data.sources import read_utf8
 
 RESOLVED_NAME = "config.yaml"
 

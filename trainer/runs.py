@@ -104,7 +104,7 @@ class RunFolder:
         return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
     def read_progress(self) -> dict:
-        """The trainer's last progress snapshot (see `trainer.progress`), or {} before the first one."""
+        """The trainer's last progress snapshot (see `trainer.training.progress`), or {} before the first one."""
         return _read_json(self.progress)
 
     def read_metrics(self) -> dict:

@@ -21,7 +21,7 @@ from bench.variants import (DEFAULT_VARIANTS, MEDICAL_RECIPE, RUNNERS, VARIANTS,
                             run_job)
 from bench.workload import MEDICAL, TINY, make_rows, save_rows, statistics
 from trainer.errors import UserError
-from trainer.template import IGNORE
+from trainer.data.template import IGNORE
 
 ROOT = Path(__file__).resolve().parents[2]
 

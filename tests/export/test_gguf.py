@@ -16,7 +16,7 @@ import pytest
 from export import gguf, modelfile, verify
 from trainer.errors import UserError
 from trainer import r1
-from trainer.tiny import read_gguf_metadata
+from export.gguf_metadata import read_gguf_metadata
 
 needs_tools = pytest.mark.llamacpp
 

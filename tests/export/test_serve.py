@@ -123,7 +123,7 @@ def trained(tiny_path: Path, tmp_path_factory) -> Path:
     from export.gguf import convert
     from trainer.recipe import RESOLVED_NAME, find_recipe, load_recipe, save_resolved
     from trainer.runs import COMPLETE
-    from trainer.template import r1_chat_template
+    from trainer.data.template import r1_chat_template
 
     run_dir = tmp_path_factory.mktemp("runs") / "news-20261130-120000"
     (run_dir / "gguf").mkdir(parents=True)
@@ -186,7 +186,7 @@ def oracle_reasoning(served, trained: Path, tiny_path: Path) -> str:
     from transformers import AutoTokenizer
 
     from export.chat import GGUFTemplate
-    from trainer.tiny import read_gguf_metadata
+    from export.gguf_metadata import read_gguf_metadata
 
     meta = read_gguf_metadata(next((trained / "gguf").glob("*.gguf")))
     tokens = meta["tokenizer.ggml.tokens"]

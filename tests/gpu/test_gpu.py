@@ -59,12 +59,12 @@ def test_both_backends_train_on_identical_ids_and_labels(tmp_path):
 
 
 def processed_examples(backend: str, out: Path) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    from trainer.data import encode, load_conversations
+    from trainer.data.dataset import encode, load_conversations
     from trainer.hardware import detect
     from trainer.model import load_for_training, load_tokenizer
     from trainer.recipe import find_recipe, load_recipe
     from trainer.runs import RunLog
-    from trainer.train import build_trainer
+    from trainer.training.sft import build_trainer
 
     hardware = detect()
     root = Path(__file__).resolve().parents[2] / "recipes"

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from trainer.cli import main
-from trainer.data import read_conversations
-from trainer.evaluate import evaluate
+from trainer.data.dataset import read_conversations
+from trainer.evaluation.evaluate import evaluate
 from trainer.generate import generate, history_of
 from trainer.hardware import Hardware
-from trainer.metrics import label_match
+from trainer.evaluation.metrics import label_match
 from trainer.r1 import split_reasoning
 from trainer.model import load_for_inference
 from trainer.recipe import load_resolved

@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from trainer.errors import UserError
-from trainer.formats import Message
+from trainer.data.formats import Message
 from trainer.r1 import ReasoningStream
 from trainer.runs import RunFolder, all_runs
 from trainer.webui import views
@@ -96,7 +96,7 @@ def model_history(messages: list[dict], system: str) -> list[Message]:
 
 def respond(text: str, messages: list[dict], choice: str, system: str, temperature, top_p, max_new_tokens):
     """Stream one reply into the chat: a collapsible reasoning block, then the answer."""
-    from trainer.template import prompt_text
+    from trainer.data.template import prompt_text
 
     messages = list(messages or [])
     if not text or not text.strip():

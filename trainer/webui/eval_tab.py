@@ -14,7 +14,7 @@ SIDE_BY_SIDE = ["question", "reference", "before (base)", "after (trained)"]
 
 def results(run_path: str):
     """(table, answers) of the run's last evaluation, or nothing yet."""
-    from trainer.report import metric_table
+    from trainer.evaluation.report import metric_table
 
     run = RunFolder(run_path) if run_path else None
     if run is None or not run.eval_metrics.is_file():

@@ -108,9 +108,9 @@ def refill_for_profile(recipe_name, profile):
 
 def preview(recipe_name, *form):
     """The first examples as training sees them (prompt apart from the trained text) and the data summary."""
-    from trainer.data import encode, load_conversations
+    from trainer.data.dataset import encode, load_conversations
     from trainer.model import load_tokenizer
-    from trainer.preview import example_record
+    from trainer.data.preview import example_record
 
     try:
         recipe = load(recipe_name, form_args(recipe_name, *form))
@@ -129,7 +129,7 @@ def preview(recipe_name, *form):
 
 def start(recipe_name, *form) -> str:
     """Check the recipe and the data as the CLI would, then start training in the background."""
-    from trainer.data import load_conversations
+    from trainer.data.dataset import load_conversations
 
     try:
         args = form_args(recipe_name, *form)

@@ -14,7 +14,7 @@ from typing import Any
 from trainer.config import Source
 from trainer.errors import UserError
 from trainer.r1 import split_reasoning
-from trainer.sources import Row
+from trainer.data.sources import Row
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}

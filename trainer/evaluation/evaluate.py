@@ -19,18 +19,18 @@ from pathlib import Path
 
 from trainer.cache import cache_dir
 from trainer.config import Recipe
-from trainer.data import Conversation, read_conversations
+from trainer.data.dataset import Conversation, read_conversations
 from trainer.errors import UserError
-from trainer.formats import Message
+from trainer.data.formats import Message
 from trainer.generate import generate, history_of
 from trainer.hardware import Hardware, detect
-from trainer.metrics import corpus_scores, label_match, perplexity, rouge_bleu, think_format_ok
+from trainer.evaluation.metrics import corpus_scores, label_match, perplexity, rouge_bleu, think_format_ok
 from trainer.model import base_path, choose_backend, load_for_inference, start_engine
 from trainer.modelcard import write_model_card
 from trainer.r1 import split_reasoning
 from trainer.recipe import load_resolved
 from trainer.runs import RunFolder, resolve_run, write_json, write_text
-from trainer.template import IGNORE, Encoded, encode_conversation
+from trainer.data.template import IGNORE, Encoded, encode_conversation
 
 CACHE_VERSION = 1
 """Bump when generation or loss code changes what the base model's cached results would be."""
@@ -64,7 +64,7 @@ class Outputs:
 def evaluate(run: str | Path, samples: int | None = None, say: Callable[[str], None] | None = None,
              overrides: Sequence[str] = ()) -> dict:
     """Evaluate a finished run; writes predictions.jsonl, eval_metrics.json and report.md into it."""
-    from trainer.report import answer_kind, render_report
+    from trainer.evaluation.report import answer_kind, render_report
 
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
     run_dir = resolve_run(run).require_finished().path

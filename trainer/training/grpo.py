@@ -2,7 +2,7 @@
 
 `make grpo RECIPE=news` takes the newest finished SFT run of the recipe (or RUN=...), loads its base model and
 adapter through `trainer.model` (Unsloth on CUDA, transformers + PEFT elsewhere), samples `num_generations`
-completions per training prompt, scores them with `trainer.rewards`, and trains the same adapter with TRL's
+completions per training prompt, scores them with `trainer.training.rewards`, and trains the same adapter with TRL's
 `GRPOTrainer`. The result is a run folder like `make train`'s (config.yaml, adapter/, eval_data.jsonl,
 metrics.json, reward_curve.png, train.log, COMPLETE last), so eval, chat and export take it unchanged.
 """
@@ -15,16 +15,16 @@ import time
 from pathlib import Path
 
 from trainer.config import Recipe
-from trainer.data import Conversation, load_conversations
+from trainer.data.dataset import Conversation, load_conversations
 from trainer.errors import UserError
-from trainer.formats import Message
+from trainer.data.formats import Message
 from trainer.generate import history_of
 from trainer.hardware import Hardware
 from trainer.model import Loaded, load_for_training, load_tokenizer, start_engine, trainable_summary
 from trainer.recipe import load_resolved, save_resolved
-from trainer.rewards import RewardSpec, describe, resolve, trl_reward_functions
+from trainer.training.rewards import RewardSpec, describe, resolve, trl_reward_functions
 from trainer.runs import ADAPTER, RunLog, is_complete, mark_complete, new_run_dir, require_complete, write_json
-from trainer.template import assistant_text
+from trainer.data.template import assistant_text
 
 STAGE = "grpo"
 EVAL_DATA = "eval_data.jsonl"
@@ -158,7 +158,7 @@ def out_of_memory(recipe: Recipe) -> UserError:
 def grpo_config(recipe: Recipe, hardware: Hardware, backend: str, run_dir: Path, weights: list[float]):
     from trl import GRPOConfig
 
-    from trainer.train import _optimizer_name, _precision
+    from trainer.training.sft import _optimizer_name, _precision
 
     g, t = recipe.grpo, recipe.train
     precision = _precision(recipe, hardware)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from trainer.config import Recipe, RewardsConfig
 from trainer.errors import UserError
-from trainer.metrics import label_match
+from trainer.evaluation.metrics import label_match
 from trainer.r1 import EOS, THINK_CLOSE, THINK_OPEN, split_reasoning
 
 SHORT_ANSWER_CHARS = 32
@@ -62,7 +62,7 @@ def answer_matches(answer: str, reference: str, match: str, rouge_threshold: flo
         return label_match(answer, reference)
     if match == "exact":
         return answer.strip() == reference.strip()
-    from trainer.metrics import rouge_l, rouge_tokens
+    from trainer.evaluation.metrics import rouge_l, rouge_tokens
 
     return rouge_l(rouge_tokens(answer), rouge_tokens(reference)) >= rouge_threshold
 

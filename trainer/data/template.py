@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-from trainer.formats import Message
+from trainer.data.formats import Message
 from trainer.r1 import reply_text
 
 IGNORE = -100
@@ -51,7 +51,7 @@ class Encoded:
     """`IGNORE` on prompt positions, the token id on trained positions."""
     truncated: bool
     where: str = ""
-    """The data row it came from (filled in by `trainer.data`)."""
+    """The data row it came from (filled in by `trainer.data.dataset`)."""
 
 
 def assistant_text(message: Message) -> str:

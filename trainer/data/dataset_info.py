@@ -14,7 +14,7 @@ from pathlib import Path
 
 from trainer.config import Columns, Source, Tags
 from trainer.errors import UserError
-from trainer.sources import read_utf8
+from trainer.data.sources import read_utf8
 
 FILE_NAME = "dataset_info.json"
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history",

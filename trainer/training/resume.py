@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from trainer.config import Recipe
-from trainer.distributed import is_main, sum_over_processes
+from trainer.training.distributed import is_main, sum_over_processes
 from trainer.runs import write_json
 
 TOTALS = "totals.json"

@@ -14,9 +14,9 @@ import time
 
 from transformers import TrainerCallback
 
-from trainer.distributed import world_size
+from trainer.training.distributed import world_size
 from trainer.runs import RunFolder, RunLog, write_json
-from trainer.template import IGNORE
+from trainer.data.template import IGNORE
 
 
 class TokenCounter:

@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from trainer.config import DataConfig, Recipe, Source
-from trainer.dataset_info import describe, is_dataset_info
+from trainer.data.dataset_info import describe, is_dataset_info
 from trainer.errors import UserError, UserErrors
-from trainer.formats import Dropped, Message, placeholders, to_conversation
+from trainer.data.formats import Dropped, Message, placeholders, to_conversation
 from trainer.runs import write_text
-from trainer.sources import Row, read_rows
-from trainer.template import IGNORE, Encoded, encode_turns, render_turns
+from trainer.data.sources import Row, read_rows
+from trainer.data.template import IGNORE, Encoded, encode_turns, render_turns
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Several processes, one per GPU: `python -m trainer train ... --gpus N` starts N copies of itself.
 
 The parent validates the recipe, picks the strategy (DDP, FSDP, DeepSpeed ZeRO-2/3; configs in
-`trainer/launch/`), chooses the run folder and launches through `accelerate launch`. Each copy trains its share
+`trainer/training/launch/`), chooses the run folder and launches through `accelerate launch`. Each copy trains its share
 of every batch; only rank 0 writes the run folder. Without CUDA the copies are CPU processes joined over gloo
 (`torch.distributed.run`, DDP only: accelerate sets up FSDP and DeepSpeed for GPUs alone): that checks the
 distributed path (tests do), it is not a speed-up.

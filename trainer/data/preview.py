@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
-from trainer.data import Prepared
-from trainer.template import IGNORE, Encoded
+from trainer.data.dataset import Prepared
+from trainer.data.template import IGNORE, Encoded
 
 OPEN, CLOSE = "\u27e6", "\u27e7"  # ⟦ ⟧ around trained spans when colour is unavailable
 GREEN, RESET = "\033[32m", "\033[0m"

@@ -1,4 +1,4 @@
-"""Train with TRL's SFTTrainer on examples that `trainer.data` already rendered and masked.
+"""Train with TRL's SFTTrainer on examples that `trainer.data.dataset` already rendered and masked.
 
 The same trainer set-up serves both engines (Unsloth and transformers + PEFT); this module only turns the
 recipe into `SFTConfig`, wires the progress and token counting, and writes the run folder's artifacts.
@@ -16,18 +16,18 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from trainer import resume
+from trainer.training import resume
 from trainer.config import Recipe
-from trainer.data import Prepared
-from trainer.distributed import is_main, launched, wait_for_everyone, world_size
+from trainer.data.dataset import Prepared
+from trainer.training.distributed import is_main, launched, wait_for_everyone, world_size
 from trainer.errors import UserError
 from trainer.hardware import Hardware
 from trainer.model import Loaded, lora_scale, trainable_summary
 from trainer.modelcard import write_model_card
-from trainer.plots import plot_loss
-from trainer.progress import ProgressBar, TokenCounter
+from trainer.training.plots import plot_loss
+from trainer.training.progress import ProgressBar, TokenCounter
 from trainer.runs import RunFolder, RunLog, latest_checkpoint, write_json
-from trainer.template import Encoded
+from trainer.data.template import Encoded
 
 
 def train(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: Hardware, run_dir: Path,
@@ -229,7 +229,7 @@ def build_trainer(recipe: Recipe, loaded: Loaded, prepared: Prepared, hardware: 
             eval_dataset=_dataset(Dataset, prepared.eval) if has_eval else None,
             callbacks=callbacks, optimizers=(make_optimizer(recipe, loaded.model), None))
     counter = TokenCounter(trainer.data_collator)
-    trainer.data_collator = counter  # counting happens where batches are built; see trainer.progress
+    trainer.data_collator = counter  # counting happens where batches are built; see trainer.training.progress
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressBar(counter, log, RunFolder(run_dir) if is_main() else None))

@@ -1,0 +1,1 @@
+"""Evaluation stage: generate on held-out rows, score them, write report.md."""
