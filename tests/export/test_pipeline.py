@@ -61,7 +61,10 @@ def test_make_gguf_writes_verified_files_and_a_modelfile(exported):
     assert abs(perplexity[f"{run_dir.name}-f16.gguf"]["numbers"]["ratio"] - 1) < 0.01  # f16 vs float32 HF
     for name in names:
         assert f"{name}: good" in done.stdout
-    assert (run_dir / "gguf" / "Modelfile").read_text().startswith(f"FROM ./{run_dir.name}-q4_k_m.gguf")
+    modelfile = (run_dir / "gguf" / "Modelfile").read_text().splitlines()
+    # the first instruction (after the comment naming the run's other files) loads the main quantization
+    first = next(line for line in modelfile if line and not line.startswith("#"))
+    assert first == f"FROM ./{run_dir.name}-q4_k_m.gguf"
     assert "llama-cli -m" in done.stdout and "ollama create" in done.stdout
     assert not [p for p in run_dir.rglob("*") if ".tmp" in p.name]  # nothing left half-written
 

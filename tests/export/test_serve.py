@@ -123,7 +123,7 @@ def trained(tiny_path: Path, tmp_path_factory) -> Path:
     from export.gguf import convert
     from trainer.recipe import RESOLVED_NAME, find_recipe, load_recipe, save_resolved
     from trainer.runs import COMPLETE
-    from trainer.data.template import r1_chat_template
+    from trainer.r1 import chat_template as r1_chat_template
 
     run_dir = tmp_path_factory.mktemp("runs") / "news-20261130-120000"
     (run_dir / "gguf").mkdir(parents=True)

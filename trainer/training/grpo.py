@@ -120,6 +120,8 @@ def train_grpo(recipe: Recipe, loaded: Loaded, prompts: list[dict], spec: Reward
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import GRPOTrainer
 
+    from trainer.training.sft import remove_if_empty
+
     functions, weights = trl_reward_functions(spec)
     trainer = GRPOTrainer(model=loaded.model, reward_funcs=functions, processing_class=loaded.tokenizer,
                           args=grpo_config(recipe, hardware, loaded.backend, run_dir, weights),
@@ -136,6 +138,7 @@ def train_grpo(recipe: Recipe, loaded: Loaded, prompts: list[dict], spec: Reward
         raise
     elapsed = time.perf_counter() - started
     save_adapter(trainer.model, loaded.tokenizer, run_dir)
+    remove_if_empty(run_dir / "checkpoints")  # TRL's output folder; GRPO saves no checkpoints in it
     metrics = summarize(trainer.state.log_history, list(spec.weights), elapsed, recipe)
     metrics.update(backend=loaded.backend, device=hardware.name, rewards=dataclasses.asdict(spec))
     if hardware.cuda:
