@@ -129,6 +129,8 @@ def test_train_evaluate_chat_export_in_the_browser(server, chromium, tmp_path):
     shots.take(page, "train")
 
     page.get_by_role("tab", name="Evaluate").click()
+    # opening the tab lists the finished runs and picks the newest: wait for it before clicking
+    wait_for(lambda: run.name in field(page, "eval-run").input_value(), 60, "the run in the Evaluate tab")
     fill(page, "eval-samples", "2")
     page.click("#evaluate")
     expect_text(page, "#eval-table", "before (base)", timeout=600)
@@ -146,6 +148,7 @@ def test_train_evaluate_chat_export_in_the_browser(server, chromium, tmp_path):
     shots.take(page, "chat")
 
     page.get_by_role("tab", name="Export").click()
+    wait_for(lambda: run.name in field(page, "export-run").input_value(), 60, "the run in the Export tab")
     page.click("#export")
     expect_text(page, "#export-checks", "export ok", timeout=1500)
     checks = page.inner_text("#export-checks")
