@@ -25,6 +25,6 @@ def test_the_wheel_builds_without_setuptools_package_warnings_and_keeps_the_laun
     output = result.stdout + result.stderr
     assert "is absent from the" not in output and "Package would be ignored" not in output
     names = zipfile.ZipFile(next((tmp_path / "dist").glob("*.whl"))).namelist()
-    launch = sorted(p.relative_to(source).as_posix() for p in (source / "trainer" / "launch").iterdir())
+    launch = sorted(p.relative_to(source).as_posix() for p in (source / "trainer" / "training" / "launch").iterdir())
     assert launch and set(launch) <= set(names)
     assert "trainer/cli.py" in names and "export/pipeline.py" in names
