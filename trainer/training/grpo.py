@@ -226,29 +226,15 @@ def summarize(history: list[dict], names: list[str], elapsed: float, recipe: Rec
 
 def plot_rewards(curves: dict, path: Path, title: str) -> bool:
     """The weighted mean reward and each component's mean against the step."""
+    from trainer.training.plots import plot_lines
+
     if not curves["reward"]:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
-    axes.plot(curves["step"], curves["reward"], label="reward (weighted sum)", linewidth=1.6)
-    for name, values in curves.items():
-        if name not in ("step", "reward", "completion_length"):
-            axes.plot(curves["step"], values, label=name, linewidth=1.0, alpha=0.8)
-    axes.set_xlabel("step")
-    axes.set_ylabel("mean reward of the step's completions")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    tmp.replace(path)
-    return True
+    steps = curves["step"]
+    lines = [("reward (weighted sum)", steps, curves["reward"], {"linewidth": 1.6})]
+    lines += [(name, steps, values, {"linewidth": 1.0, "alpha": 0.8}) for name, values in curves.items()
+              if name not in ("step", "reward", "completion_length")]
+    return plot_lines(lines, path, title, "mean reward of the step's completions")
 
 
 def finished(run_dir: Path, metrics: dict) -> str:

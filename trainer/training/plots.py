@@ -14,7 +14,15 @@ def loss_points(log_history: list[dict]) -> tuple[list[tuple[int, float]], list[
 def plot_loss(log_history: list[dict], path: Path, title: str) -> bool:
     """Write a PNG of train and eval loss against steps; False if there was nothing to draw."""
     train, evals = loss_points(log_history)
-    if not train and not evals:
+    lines = ([("train loss", *zip(*train), {"linewidth": 1.2})] if train else []) + \
+        ([("eval loss", *zip(*evals), {"linewidth": 1.5, "marker": "o"})] if evals else [])
+    return plot_lines(lines, path, title, "loss")
+
+
+def plot_lines(lines: list[tuple], path: Path, title: str, ylabel: str) -> bool:
+    """Write a PNG of (label, steps, values, matplotlib style) lines against the step, atomically; False if
+    there is nothing to draw. The loss curve of SFT and the reward curve of GRPO both come from here."""
+    if not lines:
         return False
     import matplotlib
 
@@ -22,12 +30,10 @@ def plot_loss(log_history: list[dict], path: Path, title: str) -> bool:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
-    if train:
-        axes.plot(*zip(*train), label="train loss", linewidth=1.2)
-    if evals:
-        axes.plot(*zip(*evals), "o-", label="eval loss", linewidth=1.5)
+    for label, steps, values, style in lines:
+        axes.plot(steps, values, label=label, **style)
     axes.set_xlabel("step")
-    axes.set_ylabel("loss")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
