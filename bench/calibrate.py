@@ -2,12 +2,16 @@
 
 `python -m bench.calibrate run CASE [CASE ...] --out FILE` runs each case in its own process with the caching
 allocator capped at the case's GiB (bench/device/capsite/sitecustomize.py reads CAP_GIB), so an allocation past
-the cap fails as on a real card of that size. A case is `shape:cap_gib:variant:batch:accum:length:ckpt:rank`:
+the cap fails as on a real card of that size. A case is `shape:cap_gib:variant:batch:accum:length:ckpt:rank`,
+optionally followed by `:keep` (layers kept under checkpointing) and `:row` (single:CARD's row length):
     variant  project   the product's own calls on Unsloth (recipes/medical.yaml, packing on), these settings
              bare      bare Unsloth as its notebooks set it up, with `packing=True` in SFTConfig (loss on every
                        token, gradient checkpointing "unsloth"): the best a bare-Unsloth user gets with one flag
              plan:CARD the product with the settings `trainer.plan` chooses for CARD (batch, accum, length and
                        ckpt of the case are ignored)
+             single:CARD the product on single rows of exactly `row` tokens (default: `length`; packing off),
+                       checkpointing as `trainer.plan` chooses for CARD: does one long row train on that card,
+                       and what do rows much shorter than `length` (labels, headlines) peak at?
     ckpt     1 or 0 (gradient checkpointing)
 Rows: the bench's synthetic medical-reasoning workload (bench/workload.py). Each result holds the measured peak
 (`torch.cuda.max_memory_allocated`), the memory after loading, tokens/s and the planner's predicted peak.
@@ -43,20 +47,23 @@ class Case:
     rank: int
     keep: int = 0
     """Layers that keep their activations under checkpointing (train.checkpoint_keep_layers)."""
+    row: int = 0
+    """single:CARD: every row has exactly this many tokens (0: `length`)."""
 
     @classmethod
     def parse(cls, text: str) -> Case:
         parts = text.split(":")
-        if parts[2] == "plan":  # plan:CARD takes two fields
-            parts[2:4] = [f"plan:{parts[3]}"]
-        shape, cap, variant, batch, accum, length, ckpt, rank, *keep = parts
-        return cls(shape, float(cap), variant, int(batch), int(accum), int(length), ckpt == "1", int(rank),
-                   int(keep[0]) if keep else 0)
+        if parts[2] in ("plan", "single"):  # plan:CARD and single:CARD take two fields
+            parts[2:4] = [f"{parts[2]}:{parts[3]}"]
+        shape, cap, variant, batch, accum, length, ckpt, rank, *extra = parts
+        keep, row = (list(map(int, extra)) + [0, 0])[:2]
+        return cls(shape, float(cap), variant, int(batch), int(accum), int(length), ckpt == "1", int(rank), keep, row)
 
     @property
     def label(self) -> str:
         return (f"{self.shape}-cap{self.cap_gib:g}-{self.variant.replace(':', '')}-{self.batch}x{self.accum}-"
-                f"L{self.length}-{'ckpt' if self.ckpt else 'nockpt'}{self.keep or ''}-r{self.rank}")
+                f"L{self.length}-{'ckpt' if self.ckpt else 'nockpt'}{self.keep or ''}-r{self.rank}"
+                f"{f'-row{self.row}' if self.row else ''}")
 
 
 def planned(case: Case, base: str) -> tuple[Case, dict]:
@@ -64,12 +71,15 @@ def planned(case: Case, base: str) -> tuple[Case, dict]:
     from trainer.plan import Settings, Setup, arch_for, choose, make_plan, parse_card
 
     setup = Setup(arch_for(base)[0], rank=case.rank)
-    if case.variant.startswith("plan:"):
+    if case.variant.startswith(("plan:", "single:")):
         card, gb = parse_card(case.variant.split(":", 1)[1])
-        plan = choose(setup, Settings(case.batch, case.accum, case.length, True), True, card, gb)
+        packing = case.variant.startswith("plan:")
+        plan = choose(setup, Settings(case.batch, case.accum, case.length, True), packing, card, gb)
         t = plan.settings
         case = dataclasses.replace(case, batch=t.batch_size, accum=t.gradient_accumulation, length=t.max_seq_length,
                                    ckpt=t.gradient_checkpointing, keep=t.checkpoint_keep_layers)
+        if 0 < case.row < case.length:  # the peak for these short rows (trainer.plan.for_rows)
+            plan = make_plan(setup, dataclasses.replace(t, longest_row=case.row), card, gb)
     else:
         plan = make_plan(setup, Settings(case.batch, case.accum, case.length, case.ckpt, case.keep))
     return case, plan.as_json()
@@ -103,7 +113,8 @@ def run(args) -> int:
                 if built.get("error"):
                     entry["error"] = "build failed: " + built["error"]
             if "error" not in entry:
-                rows = rows_file(work, case.shape, path)
+                single = case.variant.startswith("single:")
+                rows = rows_file(work, case.shape, path, (case.row or case.length) if single else 0)
                 job = {"kind": "calibrate", "case": dataclasses.asdict(case), "shape_dir": str(path),
                        "rows": str(rows), "steps": args.steps, "warmup": args.warmup, "work": str(work)}
                 begun = time.time()
@@ -115,15 +126,18 @@ def run(args) -> int:
     return 0
 
 
-def rows_file(work: Path, shape: str, path: Path) -> Path:
-    from bench.workload import MEDICAL, TINY, make_rows, save_rows
+def rows_file(work: Path, shape: str, path: Path, single_length: int = 0) -> Path:
+    """The workload's rows for this shape; with `single_length`, rows of exactly that many tokens."""
+    from bench.workload import MEDICAL, TINY, long_rows, make_rows, save_rows
     from trainer.config import ModelConfig
     from trainer.model import load_tokenizer
 
-    rows_path = work / "rows" / f"calibrate-{shape}.json"
+    rows_path = work / "rows" / f"calibrate-{shape}{f'-single{single_length}' if single_length else ''}.json"
     if not rows_path.is_file():
         rows_path.parent.mkdir(parents=True, exist_ok=True)
         spec, n = (TINY, 64) if shape == "tiny" else (MEDICAL, 700)
+        if single_length:
+            spec, n = long_rows(single_length), 48
         save_rows(make_rows(spec, n, load_tokenizer(ModelConfig(base=str(path)))), spec, rows_path)
     return rows_path
 
@@ -238,9 +252,10 @@ def project_trainer(job: dict, case: Case, spec, rows, run_dir: Path):
     import torch
 
     cuda = torch.cuda.is_available()  # on a CPU (dry runs with the tiny shape): transformers, 16/32-bit
+    packing = not case.variant.startswith("single:")
     variant = Variant("calibrate", "project", "project", "unsloth" if cuda else "transformers", batch_size=case.batch,
                       grad_accum=case.accum, overrides=(
-                          "train.packing=true", f"train.gradient_checkpointing={str(case.ckpt).lower()}",
+                          f"train.packing={str(packing).lower()}", f"train.gradient_checkpointing={str(case.ckpt).lower()}",
                           f"lora.rank={case.rank}", f"lora.alpha={case.rank}", "train.planner=false",
                           f"train.checkpoint_keep_layers={case.keep}"))
     job = dict(job, quantize=cuda, batch_size=case.batch, grad_accum=case.accum)
@@ -280,7 +295,8 @@ def predict_now(case: dict) -> float:
     from trainer.plan import Settings, Setup, arch_for, peak_gib
 
     setup = Setup(arch_for(SHAPES[case["shape"]].hub_id)[0], rank=case["rank"])
-    settings = Settings(case["batch"], case["accum"], case["length"], case["ckpt"], case.get("keep", 0))
+    settings = Settings(case["batch"], case["accum"], case["length"], case["ckpt"], case.get("keep", 0),
+                        case.get("row", 0))
     return peak_gib(setup, settings, budget=case["cap_gib"])
 
 

@@ -59,6 +59,14 @@ TINY = WorkloadSpec(
 
 SPECS = {"medical": MEDICAL, "tiny": TINY}
 
+
+def long_rows(length: int) -> WorkloadSpec:
+    """Rows of exactly `length` tokens: a short question and a reasoning longer than the limit, cut there."""
+    short = max(4, min(100, length // 4))
+    fixed = Lengths(short, 0.0, short, short)
+    return WorkloadSpec(name=f"single-{length}", question=fixed, reasoning=Lengths(length, 0.0, length, length),
+                        answer=fixed, max_length=length, seed_length=512)
+
 _WORDS = """
 the a of and to in is was for on with as by at from that this which patient patients history presents year old
 woman man child pain fever cough blood pressure heart rate breath chest abdominal acute chronic symptoms signs

@@ -69,6 +69,7 @@ def _train(args, recipe, hardware, resume_dir, checkpoint, notes, plan=None) -> 
     tokenizer = load_tokenizer(recipe.model)
     prepared = encode(conversations, tokenizer, recipe)
     log.say("\n".join(prepared.report.summary()))
+    plan = _plan_for_rows(recipe, plan, prepared, log)
     loaded = load_for_training(recipe, hardware, tokenizer)
     run = RunFolder(run_folder(args, recipe, resume_dir))
     _STARTED[run.path] = False
@@ -84,6 +85,19 @@ def _train(args, recipe, hardware, resume_dir, checkpoint, notes, plan=None) -> 
         if is_main():
             run.mark_complete()
     log.say(finished(run.path, metrics))
+
+
+def _plan_for_rows(recipe, plan, prepared, log):
+    """The plan's peak for this data (short unpacked rows peak below the settings' bound), said when it differs."""
+    from trainer.plan import for_rows
+
+    if plan is None:
+        return None
+    for_data = for_rows(recipe, plan, [len(row.input_ids) for row in prepared.train])
+    if for_data is not plan:
+        log.say(f"predicted peak for these rows: {for_data.peak_gib:.2f} GiB (the longest row has "
+                f"{for_data.settings.longest_row} of model.max_seq_length={plan.settings.max_seq_length} tokens)")
+    return for_data
 
 
 _STARTED: dict = {}

@@ -66,11 +66,13 @@ class Settings:
     gradient_checkpointing: bool
     checkpoint_keep_layers: int = 0
     """With checkpointing: decoder layers that keep their activations rather than recompute them (Unsloth)."""
+    longest_row: int = 0
+    """Unpacked data whose longest row is shorter than `max_seq_length` (0: rows may be that long)."""
 
     @property
     def micro_tokens(self) -> int:
-        """Tokens of the fullest micro-batch: packed rows are full, unpacked ones at most this long."""
-        return self.batch_size * self.max_seq_length
+        """Tokens of the fullest micro-batch: packed rows are full, unpacked ones at most the longest row."""
+        return self.batch_size * min(self.max_seq_length, self.longest_row or self.max_seq_length)
 
 
 @dataclass(frozen=True)
@@ -318,6 +320,20 @@ def plan_recipe(recipe, card_text: str | None = None, choose_settings: bool = Tr
             raise CannotFit(plan, s)
         return plan
     return choose(s, t, recipe.train.packing, card, gb, source)
+
+
+def for_rows(recipe, plan: Plan, row_lengths: list[int]) -> Plan:
+    """The plan's peak for the rows at hand. The settings' peak assumes rows as long as `model.max_seq_length`;
+    without packing no micro-batch holds more than `batch_size` of the longest row, so short rows (a label, a
+    headline) peak far lower. Packed rows are full, so with packing the plan stays as it is."""
+    t = plan.settings
+    longest = max(row_lengths, default=0)
+    if recipe.train.packing or not 0 < longest < t.max_seq_length:
+        return plan
+    s, _ = setup_of(recipe)
+    t = dataclasses.replace(t, longest_row=longest)
+    parts = {k: v / GIB for k, v in components(s, t, COEF, plan.budget_gib).items()}
+    return dataclasses.replace(plan, settings=t, peak_gib=sum(parts.values()), components_gib=parts)
 
 
 def apply(recipe, plan: Plan):

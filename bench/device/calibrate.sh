@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The planner's calibration and the card benchmark on a machine with two GPUs (nvidia-h200-x2), one list of
-# cases per GPU at once:  bash bench/device/calibrate.sh cal1|cal2
+# cases per GPU at once:  bash bench/device/calibrate.sh cal1|cal2;  on one GPU: CASES0=... bash ... cards
 # Carry .devsite (site.tgz) and .benchtok (tokenizers.tgz from `python -m bench export-tokenizers`).
 # Cases: see bench/calibrate.py (shape:cap_gib:variant:batch:accum:length:ckpt:rank). Caps: trainer.plan.budget_gib
 # of an 8, 12, 16 and 24 GB card (7.0, 10.58, 14.15, 21.31 GiB).
@@ -32,6 +32,9 @@ case $stage in
       llama-8b:7.0:project:1:8:2048:1:16 llama-8b:21.31:project:1:8:4096:0:16 llama-8b:10.58:project:2:4:4096:1:16 \
       llama-8b:14.15:project:4:2:4096:1:64 qwen-1.5b:14.15:project:4:2:2048:0:16 &
     wait ;;
+  cards)  # one GPU (nvidia-h200): the cases in CASES0 in order, STEPS timed steps after WARMUP warm-up steps each (warm-up past torch.compile's shape recompiles)
+    CUDA_VISIBLE_DEVICES=0 python3 -m bench.calibrate run ${CASES0:?} --tokenizers $T --work /tmp/cal0 \
+      --budget-s $B --child-timeout 200 --steps ${STEPS:-5} --warmup ${WARMUP:-3} --out "$OUT/cards.json" > "$OUT/cards.log" 2>&1 ;;
   cal2)  # the planner's own choices (plan:CARD) next to packed bare Unsloth at the same cap, after the fit
     gpu 0 cal2-gpu0 ${CASES0:?} &
     gpu 1 cal2-gpu1 ${CASES1:?} &

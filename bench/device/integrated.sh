@@ -3,9 +3,12 @@
 # (the plan printed before loading, planned and measured peak in metrics.json), then `make grpo` on that run,
 # then the GPU tests. Random-init R1-Distill-Qwen-1.5B-shape weights (no hub), the real tokenizer from TOK.
 #   TOK=.benchtok/tokenizers.tgz bash bench/device/integrated.sh
+# The device cannot download the llama-cpp-python sdist the tiny test model's tokenizer is built from: carry its two
+# vocabularies as .devcache/llama-cpp-python-0.3.36/llama.cpp/models/ggml-vocab-{qwen2,llama-bpe}.gguf.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 SITE=${SITE:-/tmp/site}
+export R1TUNE_CACHE=$PWD/.devcache
 python3 - "${TOK:?tokenizers.tgz}" <<'EOF' > "$OUT/build.log" 2>&1
 import sys
 from pathlib import Path
@@ -20,6 +23,7 @@ COMMON=(model.base=/tmp/s15 data.val_size=0 train.eval_steps=null train.checkpoi
         train.output_dir=/tmp/runs)
 timeout 150 python3 -m trainer train news profile=4060 train.max_steps=8 "${COMMON[@]}" > "$OUT/train.log" 2>&1
 echo "train exit $?"; grep -iE "plan|predicted|peak|should be imported" "$OUT/train.log" | head -12
+echo "warnings from torchao or SyntaxWarning in train.log: $(grep -ciE 'torchao|SyntaxWarning' "$OUT/train.log")"
 run=$(ls -d /tmp/runs/news-2* | head -1)
 python3 - "$run/metrics.json" <<'EOF'
 import json, sys
