@@ -6,8 +6,11 @@ model: many token positions, several scripts, special tokens and a rendered chat
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,6 +327,9 @@ def _hf_model(hf_dir: str) -> Any:
     return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
 
 
+VOCAB_ONLY_NOISE = "> n_ctx_train (0)"
+
+
 class _llama:
     """A llama-cpp-python model as a context manager that frees its memory on exit."""
 
@@ -334,7 +340,18 @@ class _llama:
     def __enter__(self) -> Any:
         from export.llamacpp import load_llama_cpp
 
-        self.llm = load_llama_cpp().Llama(model_path=str(self.gguf), **self.kwargs)
+        llama = load_llama_cpp().Llama
+        if not self.kwargs.get("vocab_only"):
+            self.llm = llama(model_path=str(self.gguf), **self.kwargs)
+            return self.llm
+        # A vocabulary-only load reads no trained context length, so llama.cpp warns "n_ctx_seq (512) >
+        # n_ctx_train (0) -- possible training context overflow" about a context that never runs. Only that line
+        # is dropped; anything else llama.cpp says still reaches the console.
+        said = io.StringIO()
+        with contextlib.redirect_stderr(said):
+            self.llm = llama(model_path=str(self.gguf), **self.kwargs)
+        sys.stderr.write("".join(line for line in said.getvalue().splitlines(keepends=True)
+                                 if VOCAB_ONLY_NOISE not in line))
         return self.llm
 
     def __exit__(self, *exc: object) -> None:

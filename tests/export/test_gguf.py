@@ -113,6 +113,15 @@ def test_chat_template_is_the_original(ggufs: dict[str, gguf.Step]) -> None:
 
 
 @needs_tools
+def test_reading_the_vocabulary_says_nothing_about_a_training_context(ggufs: dict[str, gguf.Step], capfd) -> None:
+    # llama.cpp warned "n_ctx_seq (512) > n_ctx_train (0)" on every vocabulary-only load (issue 15.4); the file
+    # itself has its real trained context (the tiny config's max_position_embeddings), so the warning was noise.
+    verify.check_chat_template(ggufs["f16"].path)
+    assert "n_ctx_train" not in capfd.readouterr().err
+    assert read_gguf_metadata(ggufs["f16"].path)["qwen2.context_length"] == 131_072
+
+
+@needs_tools
 def test_chat_template_override_is_detected(ggufs: dict[str, gguf.Step]) -> None:
     result = verify.check_chat_template(ggufs["f16"].path, expected="{{ messages }}")
     assert not result.passed and result.mismatches
