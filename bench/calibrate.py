@@ -199,7 +199,7 @@ def child_main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     try:
         if job["kind"] == "build":
-            from bench.runner import build_job
+            from bench.child import build_job
 
             body, code = build_job(job), 0
         else:
@@ -215,9 +215,10 @@ def child_main(job_path: str) -> int:
 
 def measure_case(job: dict) -> dict[str, Any]:
     case = Case(**job["case"])
-    if case.variant == "bare":
-        import unsloth  # noqa: F401  (first, as the notebooks do)
     import torch
+
+    if torch.cuda.is_available():  # Unsloth before transformers, TRL and PEFT, as the notebooks and the CLI do
+        import unsloth  # noqa: F401
 
     from bench.measure import derive, make_meter, peak_flops
     from bench.shapes import shape_facts
