@@ -102,3 +102,19 @@ def test_the_train_tab_shows_the_planners_peak_for_the_chosen_card():
     assert too_big.startswith("memory:") and "cannot fit" in too_big
     assert predicted_memory(load_recipe(find_recipe("medical", RECIPES_DIR), ["profile=cpu"],
                                         Hardware(cuda=False))) == ""  # the tiny model: no GPU plan
+
+
+def test_log_boxes_show_the_latest_lines(tmp_path):
+    # A box holding more lines than it shows opened at the top of them, so the page showed old lines while
+    # training went on: each box now gets exactly as many lines as it shows, ending with the newest.
+    from trainer.webui import jobs
+    from trainer.webui.app import build
+
+    log = tmp_path / "train.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)) + "step 1/9\rstep 2/9\rstep 3/9\n", encoding="utf-8")
+    shown = jobs.tail(log).splitlines()
+    assert len(shown) == jobs.LOG_LINES and shown[-1] == "step 3/9" and shown[-2] == "line 99"
+    boxes = {c.elem_id: c for c in build().blocks.values() if getattr(c, "elem_id", None) in
+             ("log", "eval-log", "export-log")}
+    assert set(boxes) == {"log", "eval-log", "export-log"}
+    assert all(box.max_lines == jobs.LOG_LINES for box in boxes.values())

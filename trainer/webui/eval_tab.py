@@ -48,7 +48,7 @@ def build():
     button = gr.Button("Evaluate before and after", variant="primary", elem_id="evaluate")
     table = gr.Markdown(elem_id="eval-table")
     answers = gr.Dataframe(headers=SIDE_BY_SIDE, wrap=True, elem_id="eval-answers")
-    log = gr.Textbox(label="output", lines=8, max_lines=8, autoscroll=True, elem_id="eval-log")
+    log = gr.Textbox(label="output", lines=jobs.LOG_LINES, max_lines=jobs.LOG_LINES, autoscroll=True, elem_id="eval-log")
     refresh.click(lambda: gr.Dropdown(choices=views.finished_runs()), None, run)
     run.change(results, run, [table, answers])
     button.click(evaluate, [run, samples], [log, table, answers])

@@ -46,7 +46,7 @@ def build():
     checks = gr.Markdown(elem_id="export-checks")
     commands = gr.Code(label="run it", language="shell", interactive=False, elem_id="export-commands")
     files = gr.Dataframe(headers=["file", "size"], elem_id="export-files")
-    log = gr.Textbox(label="output", lines=10, max_lines=10, autoscroll=True, elem_id="export-log")
+    log = gr.Textbox(label="output", lines=jobs.LOG_LINES, max_lines=jobs.LOG_LINES, autoscroll=True, elem_id="export-log")
     refresh.click(lambda: gr.Dropdown(choices=views.finished_runs()), None, run)
     button.click(export, [run, quants], [log, checks, commands, files])
     return run

@@ -80,13 +80,18 @@ def follow(argv: list[str], label: str, root: str = "runs"):
                                    start_new_session=True, env=_child_env())
     while True:
         code = process.poll()
-        yield tail(console, 60), code
+        yield tail(console), code
         if code is not None:
             return
         time.sleep(0.5)
 
 
-def tail(path: Path | None, lines: int = 30) -> str:
+LOG_LINES = 14
+"""Lines the log boxes show and hold: a box given more lines than it shows opened at their top, not at the
+latest line."""
+
+
+def tail(path: Path | None, lines: int = LOG_LINES) -> str:
     """The last lines of a text file (progress bars' carriage returns resolved to their last state)."""
     if path is None or not Path(path).is_file():
         return ""
@@ -94,8 +99,8 @@ def tail(path: Path | None, lines: int = 30) -> str:
         handle.seek(0, os.SEEK_END)
         handle.seek(max(handle.tell() - 64_000, 0))
         text = handle.read().decode("utf-8", errors="replace")
-    shown = [line.split("\r")[-1] for line in text.replace("\r\n", "\n").split("\n")]
-    return "\n".join(shown[-lines:]).strip("\n")
+    shown = [line.split("\r")[-1] for line in text.replace("\r\n", "\n").strip("\n").split("\n")]
+    return "\n".join(shown[-lines:])
 
 
 def _has_claimed(pid: int) -> bool:

@@ -227,7 +227,7 @@ def build():
     progress = gr.Markdown(elem_id="progress")
     with gr.Row():
         plot = gr.LinePlot(x="step", y="loss", title="training loss", height=260, elem_id="loss-plot")
-        log = gr.Textbox(label="log", lines=12, max_lines=12, autoscroll=True, elem_id="log")
+        log = gr.Textbox(label="log", lines=jobs.LOG_LINES, max_lines=jobs.LOG_LINES, autoscroll=True, elem_id="log")
 
     form = [data_path, upload, data_format, columns, extra, *fields]
     quiet = {"show_progress": "hidden"}
