@@ -214,10 +214,17 @@ def launch_training(args, recipe, hardware) -> int:
     process = subprocess.Popen(launch_command(strategy, args.gpus, hardware.cuda, argv))
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
     try:
-        return process.wait()
+        code = process.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
         run.release()
+    if code != 0 and not args.resume and not run.read_progress().get("step"):
+        # The workers stopped before their first step (a model that does not load, a full disk): like a single
+        # process, leave no run folder that looks like a run.
+        import shutil
+
+        shutil.rmtree(run.path, ignore_errors=True)
+    return code
 
 
 def run_folder(args, recipe, resume_dir: Path | None) -> Path:

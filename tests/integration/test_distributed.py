@@ -77,3 +77,17 @@ def test_full_fine_tune_on_two_processes_equals_one(tmp_path):
     assert sharded.keys() == whole.keys() and len(whole) > 20  # every tensor of the model
     assert largest_difference(sharded, whole) < 1e-4
     assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+
+
+def test_workers_that_fail_before_their_first_step_leave_no_run_folder(tmp_path):
+    # The launcher's own checks pass (a local model folder, good data); each worker then fails to load it.
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "qwen2"', encoding="utf-8")  # cut short
+    out = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "trainer", "train", *ARGS, f"model.base={broken}",
+                           f"train.output_dir={out}", "--gpus", "2"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert done.returncode != 0
+    assert "launching" in done.stdout  # it got past the launcher's checks to the workers
+    assert not list(out.glob("news-*")), list(out.iterdir())
