@@ -6,6 +6,9 @@ llama-server comes from the same llama.cpp build as the other tools. It speaks O
 (`delta.reasoning_content` when streaming), DeepSeek's API convention, and `content` holds only the answer. The
 prompt is rendered by the GGUF's own chat template (the original R1 one, `--jinja`): the server has none of its own.
 
+llama-server listens on a loopback port of its own; the user's address is served by `export.front`, a pass-through
+that answers a body that is not JSON with 400 where llama-server says 500 (see there why).
+
 `serving(gguf)` is the library form: it starts the server, waits until the model is loaded, yields the base URL
 (`http://127.0.0.1:<port>/v1`) and stops the server on the way out; the web UI chats with GGUF files through it.
 """
@@ -81,9 +84,9 @@ def check_settings(settings: ServerSettings) -> None:
 
 
 def server_command(server: Path, settings: ServerSettings, port: int, key_file: Path | None) -> list[str]:
-    """llama-server's argument list (run without a shell)."""
+    """llama-server's argument list (run without a shell): on loopback `port`, behind the front on the user's."""
     cmd = [str(server), "--model", str(settings.gguf), "--alias", settings.alias,
-           "--host", settings.host, "--port", str(port),
+           "--host", "127.0.0.1", "--port", str(port),
            # One slot per parallel request, each with the whole context (not a shared, unified cache).
            "--parallel", str(settings.parallel), "--no-kv-unified",
            "--ctx-size", str(settings.context * settings.parallel),
@@ -94,9 +97,10 @@ def server_command(server: Path, settings: ServerSettings, port: int, key_file: 
 
 
 class RunningServer:
-    """A started llama-server; `stop()` ends it (also at interpreter exit), and is safe to call twice."""
+    """A started llama-server behind its front; `stop()` ends both (also at interpreter exit), safe to call twice."""
 
     def __init__(self, settings: ServerSettings, log_path: Path | None = None):
+        from export.front import Front
         from export.llamacpp import tools
 
         check_settings(settings)
@@ -104,38 +108,49 @@ class RunningServer:
             raise UserError("GGUF file not found", where=str(settings.gguf), fix="run `make gguf RUN=...` first")
         server_bin = tools().server  # built first if needed (minutes, once), before anything is started
         self.settings = settings
-        self.port = settings.port or free_port(settings.host)
-        require_free_port(settings.host, settings.port)
+        self.upstream_port = free_port()
+        try:  # the user's port is taken now, so a busy one is said before the model loads, not after
+            self.front = Front(settings.host, settings.port, self.upstream_port)
+        except OSError as err:
+            raise port_taken(settings.host, settings.port, err) from None
+        self.port = self.front.port
         self.base_url = f"http://{_url_host(settings.host)}:{self.port}/v1"
         self._secrets = Path(tempfile.mkdtemp(prefix="r1tune-serve-"))  # 0700: only this user reads the key
-        key_file = None
-        if settings.api_key:
-            key_file = self._secrets / "api-key"
-            key_file.touch(mode=0o600)
-            key_file.write_text(settings.api_key + "\n", "utf-8")
+        self.key_file = None
+        """The file holding the API key (in a folder only this user can read), None without a key."""
+        self.process = None
+        atexit.register(self.stop)
+        try:
+            self._start(server_bin, log_path)
+            self._wait_ready()
+            self.front.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, server_bin: Path, log_path: Path | None) -> None:
+        if self.settings.api_key:
+            self.key_file = self._secrets / "api-key"
+            self.key_file.touch(mode=0o600)
+            self.key_file.write_text(self.settings.api_key + "\n", "utf-8")
         if log_path is None:  # kept after the server stops: it is where a failure is explained
             handle, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
             os.close(handle)
             log_path = Path(name)
         self.log_path = log_path
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = server_command(server_bin, settings, self.port, key_file)
+        cmd = server_command(server_bin, self.settings, self.upstream_port, self.key_file)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             env=_server_env())
-        atexit.register(self.stop)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
 
     def wait(self) -> int:
         """Block until the server exits by itself; return its exit code."""
         return self.process.wait()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        self.front.stop()  # first: no new request reaches a server that is going away
+        if self.process is not None and self.process.poll() is None:
             self.process.terminate()  # llama-server finishes its requests and frees the model on SIGTERM
             try:
                 self.process.wait(STOP_TIMEOUT_S)
@@ -158,8 +173,7 @@ class RunningServer:
 
     def _wait_ready(self) -> None:
         """Poll `/health` (200 once the model is loaded, 503 while loading) until it answers or the server exits."""
-        health = f"http://{_url_host(self.settings.host)}:{self.port}/health"
-        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an http_proxy
+        health = f"http://127.0.0.1:{self.upstream_port}/health"
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             code = self.process.poll()
@@ -167,7 +181,7 @@ class RunningServer:
                 raise UserError(f"llama-server stopped while starting (exit code {code}):\n{self.log_tail()}",
                                 where=str(self.log_path), fix="read that log")
             try:
-                with direct.open(health, timeout=2) as reply:
+                with _direct().open(health, timeout=2) as reply:
                     if reply.status == 200:
                         return
             except (urllib.error.URLError, OSError):
@@ -204,6 +218,10 @@ def serving(gguf_path: Path | str, port: int = 0, **options) -> Iterator[str]:
         server.stop()
 
 
+def _direct() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an http_proxy
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -212,17 +230,21 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def require_free_port(host: str, port: int) -> None:
-    """A clear message now, rather than llama-server's log line after the model is loaded (0: any port: fine)."""
+    """A clear message now, rather than after a possibly long export (0: any port: fine)."""
     if not port:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as llama-server does: TIME_WAIT is no obstacle
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the front does: TIME_WAIT is no obstacle
         try:
             sock.bind((host, port))
         except OSError as err:
-            raise UserError(f"cannot listen on {host}:{port}: {err.strerror}", where="PORT",
-                            fix=f"stop what uses it, or pick another port (e.g. PORT={port + 1})") from None
+            raise port_taken(host, port, err) from None
+
+
+def port_taken(host: str, port: int, err: OSError) -> UserError:
+    return UserError(f"cannot listen on {host}:{port}: {err.strerror}", where="PORT",
+                     fix=f"stop what uses it, or pick another port (e.g. PORT={port + 1})")
 
 
 def _url_host(host: str) -> str:

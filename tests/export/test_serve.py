@@ -2,7 +2,7 @@
 
 Needs llama.cpp's build (llama-server) like the other `llamacpp` tests. `python -m export serve` runs on the
 `exported_run` fixture (a finished run folder holding the tiny model's f16 GGUF; the export-first path is tested
-without a server in test_serve_settings.py).
+without a server in test_serve_settings.py). Requests go through the front (export/front.py) as users' do.
 
 The tiny model is nearly random and would rarely write `</think>` by itself, so requests set llama-server's
 `reasoning_budget_tokens`: after that many reasoning tokens the server makes the model write `</think>`, and the
@@ -228,11 +228,22 @@ def test_a_malformed_request_gets_a_4xx_json_error(served, body):
     assert 400 <= status < 500 and reply["error"]["message"]
 
 
-def test_a_body_that_is_not_json_gets_a_json_error(served):
-    # llama-server (0.3.36's llama.cpp) answers unparsable JSON with 500, not 400: recorded here as it is.
+@pytest.mark.parametrize("body", [b"not json", b'{"messages": [{"role": "user"}]', b"", b'{"max_tokens": NaN}',
+                                  b'{"messages": "\xff"}'])
+def test_a_body_that_is_not_json_gets_400_with_an_openai_error(served, body):
+    # llama-server alone answers these 500 server_error; the front turns that into the client's mistake
     _, _, base_url = served
-    status, reply = post(base_url + "/chat/completions", b'{"messages": [{"role": "user"}]')
-    assert status in (400, 500) and reply["error"]["message"]
+    status, reply = post(base_url + "/chat/completions", body)
+    assert status == 400, reply
+    assert reply["error"]["type"] == "invalid_request_error" and reply["error"]["code"] == 400
+    assert reply["error"]["message"].startswith("the request body is not JSON")
+
+
+def test_a_body_that_is_not_json_without_the_key_is_still_401(served):
+    _, _, base_url = served
+    for key in (None, "wrong"):
+        status, reply = post(base_url + "/chat/completions", b"not json", key=key)
+        assert status == 401 and reply["error"]["type"] == "authentication_error"
 
 
 def test_eight_concurrent_requests_are_all_answered(client, exported_run):
