@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from trainer.runs import RunFolder
+
 pytestmark = pytest.mark.llamacpp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,6 +248,13 @@ def test_a_body_that_is_not_json_without_the_key_is_still_401(served):
         assert status == 401 and reply["error"]["type"] == "authentication_error"
 
 
+def test_the_run_folder_says_where_it_is_served(served, exported_run):
+    _, _, base_url = served
+    serving = RunFolder(exported_run).live_server()
+    assert serving.base_url == base_url and serving.gguf == next((exported_run / "gguf").glob("*.gguf")).resolve()
+    assert serving.key_file.read_text().strip() == KEY
+
+
 def test_eight_concurrent_requests_are_all_answered(client, exported_run):
     def one(i: int):
         return client.chat.completions.create(
@@ -260,13 +269,15 @@ def test_eight_concurrent_requests_are_all_answered(client, exported_run):
         assert reply.choices[0].finish_reason in ("stop", "length") and (message.reasoning_content or message.content)
 
 
-def test_ctrl_c_stops_the_server_and_leaves_no_process(served):
+def test_ctrl_c_stops_the_server_and_leaves_no_process(served, exported_run):
     cli, _, base_url = served
     (server_pid,) = cli.server_pids()
+    key_file = RunFolder(exported_run).live_server().key_file
     assert cli.interrupt(signal.SIGINT) == 0
     assert gone(server_pid)
     with pytest.raises(OSError):
         urllib.request.urlopen(base_url.removesuffix("/v1") + "/health", timeout=5)
+    assert not RunFolder(exported_run).server_state.exists() and not key_file.exists()
 
 
 def test_sigterm_stops_it_too(exported_run):

@@ -177,6 +177,7 @@ class RecordedServer:
     def __init__(self, settings, log_path):
         self.started.append(settings)
         self.base_url, self.log_path, self.stopped = "http://127.0.0.1:1/v1", log_path, False
+        self.key_file = None
 
     def wait(self):
         raise KeyboardInterrupt  # the user presses Ctrl-C
