@@ -10,13 +10,15 @@ llama-server listens on a loopback port of its own; the user's address is served
 that answers a body that is not JSON with 400 where llama-server says 500 (see there why).
 
 `serving(gguf)` is the library form: it starts the server, waits until the model is loaded, yields the base URL
-(`http://127.0.0.1:<port>/v1`) and stops the server on the way out; the web UI chats with GGUF files through it.
+(`http://127.0.0.1:<port>/v1`) and stops the server on the way out. `chat_stream` is a client for it: the web UI's
+chat on a GGUF that `make serve` is serving goes through it.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -38,6 +40,8 @@ DEFAULT_CONTEXT = 4096
 STARTUP_TIMEOUT_S = 600.0
 """Loading a 14B file from a slow disk takes minutes; a server that exits is reported at once anyway."""
 STOP_TIMEOUT_S = 15.0
+CHAT_TIMEOUT_S = 600.0
+"""Longest wait for the next piece of a streamed answer (a long prompt is read before the first one)."""
 LOG_TAIL_LINES = 8
 
 
@@ -198,7 +202,7 @@ def start_server(gguf_path: Path | str, port: int = 0, *, alias: str | None = No
     run recipe's `model.max_seq_length`, else `DEFAULT_CONTEXT`.
     """
     gguf = Path(gguf_path)
-    default_alias, default_context = _defaults_for(gguf)
+    default_alias, default_context = defaults_for(gguf)
     settings = ServerSettings(gguf=gguf, alias=alias or default_alias, host=host, port=port,
                               context=context or default_context, api_key=api_key)
     return RunningServer(settings, log_path)
@@ -216,6 +220,53 @@ def serving(gguf_path: Path | str, port: int = 0, **options) -> Iterator[str]:
         yield server.base_url
     finally:
         server.stop()
+
+
+def chat_stream(base_url: str, messages: list[dict], api_key: str | None = None,
+                **params) -> Iterator[tuple[str, str]]:
+    """One streamed chat completion from an OpenAI-compatible server with DeepSeek's reasoning field, as
+    `("reasoning" | "answer", text)` pieces in the order they come (`delta.reasoning_content`, `delta.content`).
+
+    `params` go into the request as the protocol names them (max_tokens, temperature, top_p, ...). A refusal or
+    an error event is a UserError with the server's message.
+    """
+    body = json.dumps({"messages": messages, "stream": True, **params}).encode("utf-8")
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    request = urllib.request.Request(f"{base_url}/chat/completions", body, headers)
+    try:
+        with _direct().open(request, timeout=CHAT_TIMEOUT_S) as reply:
+            for line in reply:  # server-sent events: `data: {...}` lines, then `data: [DONE]`
+                data = line.removeprefix(b"data:").strip() if line.startswith(b"data:") else None
+                if data is None or data == b"[DONE]":
+                    continue
+                event = json.loads(data)
+                if "error" in event:
+                    raise UserError(f"the server stopped the answer: {_message(event)}", where=base_url)
+                for choice in event.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if delta.get("reasoning_content"):
+                        yield "reasoning", delta["reasoning_content"]
+                    if delta.get("content"):
+                        yield "answer", delta["content"]
+    except urllib.error.HTTPError as err:
+        raise UserError(f"the server answered {err.code}: {_message(_json_or_empty(err.read()))}",
+                        where=base_url) from None
+    except (urllib.error.URLError, OSError) as err:
+        raise UserError(f"the server does not answer ({getattr(err, 'reason', err)})", where=base_url,
+                        fix="is `make serve` still running?") from None
+
+
+def _message(event: dict) -> str:
+    error = event.get("error")
+    return str(error.get("message", error) if isinstance(error, dict) else error)
+
+
+def _json_or_empty(data: bytes) -> dict:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {"error": data.decode("utf-8", "replace")[:200]}
+    return value if isinstance(value, dict) else {}
 
 
 def _direct() -> urllib.request.OpenerDirector:
@@ -262,7 +313,8 @@ def _server_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not (k.startswith("LLAMA_ARG_") or k == "LLAMA_API_KEY")}
 
 
-def _defaults_for(gguf: Path) -> tuple[str, int]:
+def defaults_for(gguf: Path) -> tuple[str, int]:
+    """The model name and context (tokens) to run a GGUF with: its run's name and recipe context, if it is a run's."""
     from export.run_gguf import context_length, run_of_gguf
     from trainer.recipe import load_resolved
 
