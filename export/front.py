@@ -158,11 +158,14 @@ class Relay(BaseHTTPRequestHandler):
                 self.send_header(name, value)
         length = reply.getheader("Content-Length")
         bodiless = self.command == "HEAD" or reply.status in (204, 304) or reply.status < 200
-        chunked = length is None and not bodiless
+        # An HTTP/1.0 client knows no chunks: it is sent the bare body, which ends when the connection closes.
+        chunked = length is None and not bodiless and self.request_version != "HTTP/1.0"
         if length is not None:
             self.send_header("Content-Length", length)
         elif chunked:
             self.send_header("Transfer-Encoding", "chunked")
+        elif not bodiless:
+            self.close_connection = True
         self.end_headers()
         if bodiless:
             return

@@ -161,6 +161,17 @@ def test_a_stream_goes_out_event_by_event(front_port, upstream):
     assert rest.endswith(b"data: [DONE]\n\n") and rest.count(b"data: ") == 200  # events 2-200 and [DONE]
 
 
+def test_an_http_1_0_client_gets_the_stream_unchunked_until_the_connection_closes(front_port, upstream):
+    upstream.go.set()
+    with socket.create_connection(("127.0.0.1", front_port), timeout=30) as sock:
+        sock.sendall(b"POST /stream?n=3 HTTP/1.0\r\nAuthorization: Bearer %s\r\nContent-Length: 2\r\n\r\n{}"
+                     % KEY.encode())
+        answer = sock.makefile("rb").read()  # returns only once the front closes the connection
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"chunked" not in head.lower()
+    assert body == b'data: {"n": 1}\n\ndata: {"n": 2}\n\ndata: {"n": 3}\n\ndata: [DONE]\n\n'
+
+
 def test_a_client_that_leaves_mid_stream_ends_the_upstream_request(front_port, upstream):
     sock = socket.create_connection(("127.0.0.1", front_port), timeout=30)
     sock.sendall(b"POST /stream?n=10000000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
