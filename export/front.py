@@ -17,6 +17,7 @@ llama-server's own port keeps the key too, so other users of this machine cannot
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -45,6 +46,8 @@ class Front(ThreadingHTTPServer):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.upstream_port = upstream_port
         self._thread: threading.Thread | None = None
+        self.open_upstreams: set[http.client.HTTPConnection] = set()
+        """Requests being answered now; `stop()` hangs them up."""
         super().__init__((host, port), Relay)
 
     def server_bind(self) -> None:
@@ -62,10 +65,17 @@ class Front(ThreadingHTTPServer):
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop taking connections; safe to call twice, and before `start()`."""
+        """Stop taking connections and hang up the requests in flight; safe to call twice, and before `start()`.
+
+        Hanging up is what makes llama-server stop generating for them: on SIGTERM it waits for its requests
+        first, so a long answer being streamed kept it alive until it was killed (measured: 15 s, the timeout).
+        """
         if self._thread is not None:
             self.shutdown()  # waits for serve_forever to return, which never happens if it was not started
             self._thread = None
+        for upstream in list(self.open_upstreams):
+            with contextlib.suppress(AttributeError, OSError):  # closed meanwhile by its handler: nothing to do
+                upstream.sock.shutdown(socket.SHUT_RDWR)  # the handler's read ends at once; it then closes
         self.server_close()
 
 
@@ -82,9 +92,11 @@ class Relay(BaseHTTPRequestHandler):
         if body is None:
             return
         upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port)  # no timeout: answers are slow
+        self.server.open_upstreams.add(upstream)
         try:
             reply = self._ask(upstream, body)
         except OSError as err:
+            self.server.open_upstreams.discard(upstream)
             upstream.close()
             self.send_json_error(502, f"llama-server did not answer ({err})", "server_error", close=True)
             return
@@ -95,9 +107,12 @@ class Relay(BaseHTTPRequestHandler):
                 self.send_json_error(400, f"the request body is not JSON: {problem}", "invalid_request_error")
             else:
                 self._relay(reply)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client left; closing upstream below makes llama-server stop too
+        except (OSError, http.client.HTTPException):
+            # The client left (closing upstream below makes llama-server stop generating for it), or llama-server
+            # went away mid-answer (make serve stopping): either way this answer cannot be finished.
+            self.close_connection = True
         finally:
+            self.server.open_upstreams.discard(upstream)
             upstream.close()
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = forward

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
 import statistics
 import threading
@@ -73,10 +74,20 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         try:
             for n in range(2, events + 1):
                 self.chunk(b'data: {"n": %d}\n\n' % n)
+                if self.hung_up():
+                    return self.server.client_left.set()
             self.chunk(b"data: [DONE]\n\n")
             self.chunk(b"")
         except OSError:
             self.server.client_left.set()
+
+    def hung_up(self) -> bool:
+        """What llama-server checks between tokens: its client's side of the connection is closed (readable, and
+        at its end). Writing alone may not fail for a long while: the kernel takes data for a peer that stopped
+        reading."""
+        if not select.select([self.connection], [], [], 0)[0]:
+            return False
+        return self.connection.recv(1, socket.MSG_PEEK) == b""
 
     def chunk(self, data: bytes):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -184,6 +195,20 @@ def test_a_client_that_leaves_mid_stream_ends_the_upstream_request(front_port, u
     sock.close()
     upstream.go.set()  # the stand-in writes on, endlessly, until the front hangs up on it as llama-server needs
     assert upstream.client_left.wait(20)
+
+
+def test_stop_hangs_up_the_requests_in_flight(upstream):
+    # llama-server waits for its requests before it exits on SIGTERM: a long answer being streamed would keep it
+    # alive until it is killed, unless the front hangs up on it.
+    served = front.Front("127.0.0.1", 0, upstream.server_address[1])
+    served.start()
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
+        sock.sendall(b"POST /stream?n=10000000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                     b"Content-Length: 2\r\n\r\n{}" % KEY.encode())
+        sock.recv(1)  # the answer has begun; this client now reads nothing more, as a slow one would
+        upstream.go.set()
+        served.stop()
+        assert upstream.client_left.wait(10)
 
 
 def test_bodies_not_taken_are_refused_before_anything_is_forwarded(front_port, upstream):
