@@ -56,12 +56,10 @@ def llama_stream(llm, max_new_tokens: int, temperature: float):
     return lambda prompt: LlamaGeneration(llm, prompt, max_new_tokens, temperature)
 
 
-def run_gguf_chat(gguf: Path, prompt: str | None, max_new_tokens: int, temperature: float,
-                  stdin: TextIO | None = None, stdout: TextIO | None = None, *, context: int = 4096) -> int:
-    """Chat in `context` tokens (prompt, history and reply; the run's model.max_seq_length for a run's file)."""
+def load_gguf(gguf: Path, context: int) -> tuple:
+    """llama-cpp-python's `Llama` on a GGUF file with `context` tokens, and the file's own chat template."""
     from export.llamacpp import load_llama_cpp
 
-    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     if not gguf.is_file():
         raise UserError("GGUF file not found", where=str(gguf), fix="run `make gguf RUN=...` first")
     llm = load_llama_cpp().Llama(model_path=str(gguf), n_ctx=context, verbose=False, seed=0)
@@ -69,7 +67,15 @@ def run_gguf_chat(gguf: Path, prompt: str | None, max_new_tokens: int, temperatu
     if not template:
         raise UserError("this GGUF has no chat template", where=str(gguf), fix="export it with `make gguf`")
     bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8")
-    session = ChatSession(llama_stream(llm, max_new_tokens, temperature), GGUFTemplate(template, bos))
+    return llm, GGUFTemplate(template, bos)
+
+
+def run_gguf_chat(gguf: Path, prompt: str | None, max_new_tokens: int, temperature: float,
+                  stdin: TextIO | None = None, stdout: TextIO | None = None, *, context: int = 4096) -> int:
+    """Chat in `context` tokens (prompt, history and reply; the run's model.max_seq_length for a run's file)."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    llm, template = load_gguf(gguf, context)
+    session = ChatSession(llama_stream(llm, max_new_tokens, temperature), template)
     color = stdout.isatty()
     if prompt is not None:
         session.ask(prompt, Printer(stdout, color))

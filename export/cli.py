@@ -98,7 +98,7 @@ def serve_command(args) -> int:
     from export.run_gguf import choose_gguf, context_length, describe, require_gguf
     from export.serve import RunningServer, ServerSettings, check_settings, require_free_port
     from trainer.recipe import load_resolved
-    from trainer.runs import resolve_run
+    from trainer.runs import RunFolder, Serving, resolve_run
 
     run_dir = resolve_run(args.run).require_finished().path
     settings = ServerSettings(gguf=Path(), alias=run_dir.name, host=args.host, port=args.port,
@@ -119,12 +119,15 @@ def serve_command(args) -> int:
     print(f"starting llama-server on {describe(chosen)} ...", file=sys.stderr, flush=True)
     _stop_on_signals()
     server = RunningServer(settings, log_path=chosen.path.parent / "serve.log")
+    run = RunFolder(run_dir)
     try:
+        run.announce_server(Serving(server.base_url, chosen.path, server.key_file))  # the web UI's chat finds it
         print(serve_banner(server.base_url, settings), flush=True)
         code = server.wait()
     except KeyboardInterrupt:
         code = None
     finally:
+        run.withdraw_server()
         server.stop()
     if code is None:
         print("\nllama-server stopped.", file=sys.stderr)

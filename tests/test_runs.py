@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainer.errors import UserError
-from trainer.runs import RunFolder, all_runs, latest_run, resolve_run, run_roots
+from trainer.runs import RunFolder, Serving, all_runs, latest_run, resolve_run, run_roots
 
 
 def make_run(root: Path, name: str) -> RunFolder:
@@ -52,6 +52,26 @@ def test_a_dead_owner_means_not_running(tmp_path):
     assert run.owner_pid() is None and run.state == "failed"
     run.running_marker.write_text(json.dumps({"pid": os.getpid(), "host": "another-machine"}))
     assert run.state == "failed"  # a pid on another machine cannot be checked here, so it does not count
+
+
+def test_a_server_is_announced_while_its_process_lives_and_withdrawn_by_it_only(tmp_path):
+    run = make_run(tmp_path, "news-20260101-000000")
+    assert run.live_server() is None
+    gguf = run.gguf / "news-20260101-000000-f16.gguf"
+    run.announce_server(Serving("http://127.0.0.1:8123/v1", gguf, tmp_path / "secret" / "api-key"))
+    assert run.live_server() == Serving("http://127.0.0.1:8123/v1", gguf.resolve(), tmp_path / "secret" / "api-key")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid is free
+    state = json.loads(run.server_state.read_text())
+    for pid, host in [(child.pid, os.uname().nodename), (os.getpid(), "another-machine")]:
+        run.server_state.write_text(json.dumps({**state, "pid": pid, "host": host}))
+        assert run.live_server() is None  # a killed server's file counts for nothing
+        run.withdraw_server()
+        assert run.server_state.exists()  # not this process's announcement: left alone
+    run.announce_server(Serving("http://127.0.0.1:8123/v1", gguf, None))
+    assert run.live_server().key_file is None
+    run.withdraw_server()
+    assert not run.server_state.exists() and run.live_server() is None
 
 
 def test_unfinished_runs_are_refused_with_their_state(tmp_path):

@@ -8,6 +8,10 @@ leaves a folder that eval and export refuse to use. While a training process wor
     running   RUNNING names a live process on this machine
     stopped   neither, but a checkpoint exists: `make train RESUME=1` (or the web UI's Resume) continues it
     failed    neither, and nothing to resume from
+
+While `make serve` serves a run's GGUF, `serving.json` says where (its process, URL and file), so the web UI's
+chat on that file goes to the same server; it is removed when the server stops, and ignored once its process is
+gone.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ ADAPTER = "adapter"
 """Subfolder with the trained weights (LoRA adapter, or the whole model) and the tokenizer."""
 RUNNING = "RUNNING"
 PROGRESS = "progress.json"
+SERVING = "serving.json"
 STATES = ("running", "stopped", "failed", "finished")
 DEFAULT_ROOT = "runs"
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -68,6 +73,8 @@ class RunFolder:
     gguf = property(lambda self: self.path / "gguf")
     complete_marker = property(lambda self: self.path / COMPLETE)
     running_marker = property(lambda self: self.path / RUNNING)
+    server_state = property(lambda self: self.path / SERVING)
+    """Written by `make serve` while it serves this run (where, which file); removed when it stops."""
 
     # --- state ------------------------------------------------------------------------------------------
     @property
@@ -76,14 +83,7 @@ class RunFolder:
 
     def owner_pid(self) -> int | None:
         """The pid of the live training process working here, or None."""
-        try:
-            owner = json.loads(self.running_marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        pid = owner.get("pid") if isinstance(owner, dict) else None
-        if not isinstance(pid, int) or owner.get("host") != socket.gethostname():
-            return None
-        return pid if _alive(pid) else None
+        return _live_pid(_read_json(self.running_marker))
 
     @property
     def state(self) -> str:
@@ -137,6 +137,38 @@ class RunFolder:
 
     def mark_complete(self) -> None:
         write_text(self.complete_marker, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+
+    # --- a server on this run ---------------------------------------------------------------------------
+    def announce_server(self, serving: Serving) -> None:
+        """Say that this process serves `serving.gguf` of this run at `serving.base_url` (until `withdraw_server`)."""
+        write_json(self.server_state, {"pid": os.getpid(), "host": socket.gethostname(),
+                                       "base_url": serving.base_url, "gguf": str(Path(serving.gguf).resolve()),
+                                       "key_file": str(serving.key_file) if serving.key_file else None})
+
+    def live_server(self) -> Serving | None:
+        """Where this run is served now: `make serve`'s announcement while its process lives on this machine.
+        (A killed server leaves its file behind; its dead pid makes it count for nothing.)"""
+        state = _read_json(self.server_state)
+        if _live_pid(state) is None or not isinstance(state.get("base_url"), str) or not state.get("gguf"):
+            return None
+        key_file = state.get("key_file")
+        return Serving(state["base_url"], Path(state["gguf"]), Path(key_file) if key_file else None)
+
+    def withdraw_server(self) -> None:
+        """Remove this process's announcement (not another server's that replaced it)."""
+        state = _read_json(self.server_state)
+        if (state.get("pid"), state.get("host")) == (os.getpid(), socket.gethostname()):
+            self.server_state.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A server answering for a run (`make serve`): OpenAI-compatible API at `base_url`, on the file `gguf`."""
+
+    base_url: str
+    gguf: Path
+    key_file: Path | None = None
+    """The file holding its API key (readable by the user who started it only); None: no key needed."""
 
 
 def runs_under(root: str | Path = DEFAULT_ROOT, recipe_name: str | None = None) -> list[RunFolder]:
@@ -244,6 +276,14 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _live_pid(record: dict) -> int | None:
+    """The `pid` of a {"pid", "host"} record if that process lives on this machine, else None."""
+    pid = record.get("pid")
+    if not isinstance(pid, int) or record.get("host") != socket.gethostname():
+        return None
+    return pid if _alive(pid) else None
 
 
 def _alive(pid: int) -> bool:

@@ -1,8 +1,8 @@
 """`make serve` on a real (tiny, CPU) model, through the official `openai` client, as a user's program calls it.
 
-Needs llama.cpp's build (llama-server) like the other `llamacpp` tests. The module makes a finished run folder
-holding the tiny model's f16 GGUF (training is not needed: the server reads only the GGUF and the recipe; the
-export-first path is tested without a server in test_serve_settings.py) and starts `python -m export serve` on it.
+Needs llama.cpp's build (llama-server) like the other `llamacpp` tests. `python -m export serve` runs on the
+`exported_run` fixture (a finished run folder holding the tiny model's f16 GGUF; the export-first path is tested
+without a server in test_serve_settings.py). Requests go through the front (export/front.py) as users' do.
 
 The tiny model is nearly random and would rarely write `</think>` by itself, so requests set llama-server's
 `reasoning_budget_tokens`: after that many reasoning tokens the server makes the model write `</think>`, and the
@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from trainer.runs import RunFolder
 
 pytestmark = pytest.mark.llamacpp
 
@@ -118,25 +120,9 @@ def gone(pid: int, timeout: float = 10) -> bool:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_path: Path, tmp_path_factory) -> Path:
-    """A finished run folder of the news recipe (cpu profile) whose GGUF is the tiny model's, as `make gguf` leaves it."""
-    from export.gguf import convert
-    from trainer.recipe import RESOLVED_NAME, find_recipe, load_recipe, save_resolved
-    from trainer.runs import COMPLETE
-    from trainer.r1 import chat_template as r1_chat_template
-
-    run_dir = tmp_path_factory.mktemp("runs") / "news-20261130-120000"
-    (run_dir / "gguf").mkdir(parents=True)
-    save_resolved(load_recipe(find_recipe("news", ROOT / "recipes"), ["profile=cpu"]), run_dir / RESOLVED_NAME)
-    convert(tiny_path, run_dir / "gguf" / f"{run_dir.name}-f16.gguf", "f16", chat_template=r1_chat_template())
-    (run_dir / COMPLETE).write_text("")
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def served(trained: Path):
+def served(exported_run: Path):
     port = free_port()
-    cli = Cli.start(str(trained), "--port", str(port), env={"API_KEY": KEY})
+    cli = Cli.start(str(exported_run), "--port", str(port), env={"API_KEY": KEY})
     banner = cli.banner()
     yield cli, banner, f"http://127.0.0.1:{port}/v1"
     if cli.proc.poll() is None:
@@ -165,22 +151,22 @@ def post(url: str, body: bytes, key: str | None = KEY) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def test_the_banner_names_the_file_and_says_how_to_call_it(served, trained):
+def test_the_banner_names_the_file_and_says_how_to_call_it(served, exported_run):
     cli, banner, base_url = served
-    assert f"starting llama-server on {trained / 'gguf' / trained.name}-f16.gguf" in "".join(cli.err)
-    assert base_url in banner and repr(trained.name) in banner and 'os.environ["API_KEY"]' in banner
+    assert f"starting llama-server on {exported_run / 'gguf' / exported_run.name}-f16.gguf" in "".join(cli.err)
+    assert base_url in banner and repr(exported_run.name) in banner and 'os.environ["API_KEY"]' in banner
     assert KEY not in banner + "".join(cli.err)
     assert len(cli.server_pids()) == 1
 
 
-def test_models_lists_the_run_and_health_is_open(client, served, trained):
-    assert [m.id for m in client.models.list().data] == [trained.name]
+def test_models_lists_the_run_and_health_is_open(client, served, exported_run):
+    assert [m.id for m in client.models.list().data] == [exported_run.name]
     _, _, base_url = served
     with urllib.request.urlopen(base_url.removesuffix("/v1") + "/health", timeout=10) as reply:
         assert reply.status == 200 and json.loads(reply.read())["status"] == "ok"
 
 
-def oracle_reasoning(served, trained: Path, tiny_path: Path) -> str:
+def oracle_reasoning(served, exported_run: Path, tiny_path: Path) -> str:
     """Greedy text after the R1 prompt, longer than the reasoning. Independent of llama.cpp's template engine and
     tokenizer: the GGUF's template is rendered by Jinja in Python and tokenized by the Hugging Face tokenizer."""
     from transformers import AutoTokenizer
@@ -188,7 +174,7 @@ def oracle_reasoning(served, trained: Path, tiny_path: Path) -> str:
     from export.chat import GGUFTemplate
     from export.gguf_metadata import read_gguf_metadata
 
-    meta = read_gguf_metadata(next((trained / "gguf").glob("*.gguf")))
+    meta = read_gguf_metadata(next((exported_run / "gguf").glob("*.gguf")))
     tokens = meta["tokenizer.ggml.tokens"]
     template = GGUFTemplate(meta["tokenizer.chat_template"], tokens[meta["tokenizer.ggml.bos_token_id"]])
     prompt = template.apply_chat_template(QUESTION, add_generation_prompt=True)
@@ -202,19 +188,19 @@ def oracle_reasoning(served, trained: Path, tiny_path: Path) -> str:
     return done["content"]
 
 
-def test_reasoning_comes_apart_from_the_answer(client, served, trained, tiny_path):
-    message = ask(client, trained).choices[0].message
+def test_reasoning_comes_apart_from_the_answer(client, served, exported_run, tiny_path):
+    message = ask(client, exported_run).choices[0].message
     assert message.reasoning_content and message.content
     assert "<think>" not in message.content and "</think>" not in message.content
     assert "</think>" not in message.reasoning_content
     # Independent oracle: the reasoning is exactly what the model writes first after the R1 prompt.
-    assert oracle_reasoning(served, trained, tiny_path).strip().startswith(message.reasoning_content.strip())
+    assert oracle_reasoning(served, exported_run, tiny_path).strip().startswith(message.reasoning_content.strip())
 
 
-def test_streaming_sends_token_by_token_and_adds_up_to_the_same_reply(client, trained):
-    whole = ask(client, trained).choices[0].message
+def test_streaming_sends_token_by_token_and_adds_up_to_the_same_reply(client, exported_run):
+    whole = ask(client, exported_run).choices[0].message
     reasoning, content = [], []
-    for chunk in ask(client, trained, stream=True):
+    for chunk in ask(client, exported_run, stream=True):
         if not chunk.choices:
             continue
         delta = chunk.choices[0].delta
@@ -226,12 +212,12 @@ def test_streaming_sends_token_by_token_and_adds_up_to_the_same_reply(client, tr
     assert "".join(reasoning) == whole.reasoning_content and "".join(content) == whole.content
 
 
-def test_a_wrong_or_missing_key_is_refused_with_401(served, trained):
+def test_a_wrong_or_missing_key_is_refused_with_401(served, exported_run):
     import openai
 
     _, _, base_url = served
     with pytest.raises(openai.AuthenticationError) as err:
-        ask(openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0), trained)
+        ask(openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0), exported_run)
     assert err.value.status_code == 401
     status, body = post(base_url + "/chat/completions", json.dumps({"messages": QUESTION}).encode(), key=None)
     assert status == 401 and "error" in body
@@ -244,17 +230,35 @@ def test_a_malformed_request_gets_a_4xx_json_error(served, body):
     assert 400 <= status < 500 and reply["error"]["message"]
 
 
-def test_a_body_that_is_not_json_gets_a_json_error(served):
-    # llama-server (0.3.36's llama.cpp) answers unparsable JSON with 500, not 400: recorded here as it is.
+@pytest.mark.parametrize("body", [b"not json", b'{"messages": [{"role": "user"}]', b"", b'{"max_tokens": NaN}',
+                                  b'{"messages": "\xff"}'])
+def test_a_body_that_is_not_json_gets_400_with_an_openai_error(served, body):
+    # llama-server alone answers these 500 server_error; the front turns that into the client's mistake
     _, _, base_url = served
-    status, reply = post(base_url + "/chat/completions", b'{"messages": [{"role": "user"}]')
-    assert status in (400, 500) and reply["error"]["message"]
+    status, reply = post(base_url + "/chat/completions", body)
+    assert status == 400, reply
+    assert reply["error"]["type"] == "invalid_request_error" and reply["error"]["code"] == 400
+    assert reply["error"]["message"].startswith("the request body is not JSON")
 
 
-def test_eight_concurrent_requests_are_all_answered(client, trained):
+def test_a_body_that_is_not_json_without_the_key_is_still_401(served):
+    _, _, base_url = served
+    for key in (None, "wrong"):
+        status, reply = post(base_url + "/chat/completions", b"not json", key=key)
+        assert status == 401 and reply["error"]["type"] == "authentication_error"
+
+
+def test_the_run_folder_says_where_it_is_served(served, exported_run):
+    _, _, base_url = served
+    serving = RunFolder(exported_run).live_server()
+    assert serving.base_url == base_url and serving.gguf == next((exported_run / "gguf").glob("*.gguf")).resolve()
+    assert serving.key_file.read_text().strip() == KEY
+
+
+def test_eight_concurrent_requests_are_all_answered(client, exported_run):
     def one(i: int):
         return client.chat.completions.create(
-            model=trained.name, messages=[{"role": "user", "content": f"第{i}条新闻"}], max_tokens=12,
+            model=exported_run.name, messages=[{"role": "user", "content": f"第{i}条新闻"}], max_tokens=12,
             temperature=0.6, seed=i, extra_body={"reasoning_budget_tokens": 4})
 
     with ThreadPoolExecutor(8) as pool:
@@ -265,17 +269,19 @@ def test_eight_concurrent_requests_are_all_answered(client, trained):
         assert reply.choices[0].finish_reason in ("stop", "length") and (message.reasoning_content or message.content)
 
 
-def test_ctrl_c_stops_the_server_and_leaves_no_process(served):
+def test_ctrl_c_stops_the_server_and_leaves_no_process(served, exported_run):
     cli, _, base_url = served
     (server_pid,) = cli.server_pids()
+    key_file = RunFolder(exported_run).live_server().key_file
     assert cli.interrupt(signal.SIGINT) == 0
     assert gone(server_pid)
     with pytest.raises(OSError):
         urllib.request.urlopen(base_url.removesuffix("/v1") + "/health", timeout=5)
+    assert not RunFolder(exported_run).server_state.exists() and not key_file.exists()
 
 
-def test_sigterm_stops_it_too(trained):
-    cli = Cli.start(str(trained), "--port", str(free_port()))
+def test_sigterm_stops_it_too(exported_run):
+    cli = Cli.start(str(exported_run), "--port", str(free_port()))
     banner = cli.banner(timeout=300)
     assert "requests need the API_KEY" not in banner
     (server_pid,) = cli.server_pids()
@@ -283,22 +289,23 @@ def test_sigterm_stops_it_too(trained):
     assert gone(server_pid)
 
 
-def test_the_network_without_a_key_is_refused_before_anything_starts(trained):
-    done = subprocess.run([sys.executable, "-m", "export", "serve", str(trained), "--host", "0.0.0.0"], cwd=ROOT,
-                          env={k: v for k, v in ENV.items() if k != "API_KEY"}, capture_output=True, text=True,
-                          timeout=120)
+def test_the_network_without_a_key_is_refused_before_anything_starts(exported_run):
+    done = subprocess.run([sys.executable, "-m", "export", "serve", str(exported_run), "--host", "0.0.0.0"],
+                          cwd=ROOT, env={k: v for k, v in ENV.items() if k != "API_KEY"}, capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 2 and "needs API_KEY" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_the_library_context_manager_serves_and_cleans_up(trained):
+def test_the_library_context_manager_serves_and_cleans_up(exported_run):
     from openai import OpenAI
 
     from export import serve
 
-    gguf = sorted((trained / "gguf").glob("*.gguf"))[-1]
+    gguf = sorted((exported_run / "gguf").glob("*.gguf"))[-1]
     server = serve.start_server(gguf)
     try:
-        assert [m.id for m in OpenAI(base_url=server.base_url, api_key="none").models.list().data] == [trained.name]
+        models = OpenAI(base_url=server.base_url, api_key="none").models.list().data
+        assert [m.id for m in models] == [exported_run.name]
     finally:
         server.stop()
     assert server.process.poll() is not None and gone(server.process.pid)

@@ -177,6 +177,7 @@ class RecordedServer:
     def __init__(self, settings, log_path):
         self.started.append(settings)
         self.base_url, self.log_path, self.stopped = "http://127.0.0.1:1/v1", log_path, False
+        self.key_file = None
 
     def wait(self):
         raise KeyboardInterrupt  # the user presses Ctrl-C
@@ -302,3 +303,50 @@ def urllib_open(url: str):
     import urllib.request
 
     return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5)
+
+
+def test_chat_stream_yields_each_piece_as_it_arrives() -> None:
+    # The stand-in writes the answer only once the reasoning has reached the caller (or after 10 s): a client
+    # that waited for the whole reply would get the reasoning too late.
+    import http.server
+    import threading
+
+    reached = threading.Event()
+    waited = []
+
+    class Stream(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.event({"reasoning_content": "think"})
+            waited.append(reached.wait(10))
+            self.event({"content": "answer"})
+            self.chunk(b"data: [DONE]\n\n")
+            self.chunk(b"")
+
+        def event(self, delta: dict):
+            self.chunk(f"data: {json.dumps({'choices': [{'delta': delta}]})}\n\n".encode())
+
+        def chunk(self, data: bytes):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pieces = []
+        base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        for piece in serve.chat_stream(base_url, [{"role": "user", "content": "x"}]):
+            pieces.append(piece)
+            reached.set()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert pieces == [("reasoning", "think"), ("answer", "answer")] and waited == [True]
