@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from export.serve import free_port
+from served_process import Output
 from trainer.runs import RunFolder
 
 pytestmark = pytest.mark.llamacpp
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 QUESTION = [{"role": "user", "content": "新闻标题：央行宣布降息0.25个百分点"}]
 
 
-class Make:
+class Make(Output):
     """`make serve ...` in a session of its own (a terminal's job), its output collected line by line."""
 
     def __init__(self, *variables: str):
@@ -44,26 +43,14 @@ class Make:
         env = {k: v for k, v in os.environ.items()
                if k not in ("API_KEY", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # not an outer make's (`make test`)
         env["NO_PROXY"] = "127.0.0.1,localhost"
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, start_new_session=True)
-        self.out: queue.Queue = queue.Queue()
-        self.err: list[str] = []
-        threading.Thread(target=lambda: [self.out.put(x) for x in self.proc.stdout], daemon=True).start()
-        threading.Thread(target=lambda: [self.err.append(x) for x in self.proc.stderr], daemon=True).start()
+        super().__init__(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, start_new_session=True), "make serve")
 
     def banner(self, timeout: float = 900) -> str:
-        lines, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                lines.append(self.out.get(timeout=1))
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"make serve ended ({self.proc.returncode}): {''.join(lines + self.err)[-3000:]}")
-                continue
-            if lines[-1].startswith("m = client"):
-                return "".join(lines)
+        return super().banner(timeout)
+
+    def kill(self) -> None:
         self.stop(signal.SIGKILL)
-        pytest.fail("no banner in time: " + "".join(lines + self.err)[-3000:])
 
     def session(self) -> dict[int, str]:
         """pid -> command name of every live process of make's session (make and all it started)."""

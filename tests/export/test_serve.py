@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from export.serve import free_port
+from served_process import Output
 from trainer.runs import RunFolder
 
 pytestmark = pytest.mark.llamacpp
@@ -41,42 +39,17 @@ BUDGET = 6
 QUESTION = [{"role": "user", "content": "新闻标题：央行宣布降息0.25个百分点"}]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Cli:
+class Cli(Output):
     """`python -m export serve ...` running in the background, its output collected line by line."""
-
-    proc: subprocess.Popen
-    out: queue.Queue = field(default_factory=queue.Queue)
-    err: list[str] = field(default_factory=list)
 
     @classmethod
     def start(cls, *args: str, env: dict | None = None) -> Cli:
         proc = subprocess.Popen([sys.executable, "-m", "export", "serve", *args], cwd=ROOT, env={**ENV, **(env or {})},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        cli = cls(proc)
-        threading.Thread(target=lambda: [cli.out.put(x) for x in proc.stdout], daemon=True).start()
-        threading.Thread(target=lambda: [cli.err.append(x) for x in proc.stderr], daemon=True).start()
-        return cli
+        return cls(proc, "serve")
 
     def banner(self, timeout: float = 1500) -> str:
-        """stdout up to the client example's end; fails with stderr if the command ends first."""
-        lines, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                lines.append(self.out.get(timeout=1))
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"serve ended ({self.proc.returncode}): {''.join(self.err)[-3000:]}")
-                continue
-            if lines[-1].startswith("m = client"):
-                return "".join(lines)
-        pytest.fail("no banner in time: " + "".join(self.err)[-3000:])
+        return super().banner(timeout)
 
     def server_pids(self) -> list[int]:
         return [pid for pid in children_of(self.proc.pid) if command_name(pid) == "llama-server"]
