@@ -111,7 +111,28 @@ def load_sft_adapter(recipe: Recipe, hardware: Hardware, tokenizer, adapter: Pat
         raise UserError(f"the adapter does not fit the model: {len(result.unexpected_keys)} unexpected weights "
                         f"such as {result.unexpected_keys[0]}", where=str(adapter),
                         fix="continue a run trained with the same model.base and lora settings")
+    freeze_vocabulary_adapters(loaded.model)
     return loaded
+
+
+VOCABULARY_MODULES = ("embed_tokens", "lm_head")
+
+
+def freeze_vocabulary_adapters(model) -> int:
+    """Keep the adapter's parts on the input embedding and the output head as SFT left them; returns how many
+    tensors were frozen. Only the decoder layers' adapter learns from the rewards.
+
+    Why: through the softmax, the policy gradient reaches every row of a vocabulary-wide layer, with tiny, noisy
+    values for the ~150k tokens that were never sampled, and Adam scales each of those up to a full step of the
+    learning rate. On the tiny model, 30 steps at lr 5e-4 moved greedy held-out accuracy from 0.63 to 0.53 with
+    these parts training and left it at 0.63 with them frozen. The real recipes put no adapter there (only the
+    CPU profile's tiny model, whose embeddings are random, learns them during SFT)."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if param.requires_grad and any(f".{module}." in name for module in VOCABULARY_MODULES):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 def train_grpo(recipe: Recipe, loaded: Loaded, prompts: list[dict], spec: RewardSpec, hardware: Hardware,
