@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.children import die_with_parent
 from trainer.config import GGUF_TYPES, gguf_type_name, gguf_type_problem
 from trainer.errors import UserError
 
@@ -156,25 +157,13 @@ def _staged_model(hf_dir: Path, chat_template: str | None) -> Iterator[Path]:
 def _run(cmd: list[str], env: dict[str, str], *, what: str) -> None:
     """Run a tool quietly; on failure raise UserError with the end of its output (the useful part)."""
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace",
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=die_with_parent)
     if result.returncode != 0:
         lines = (result.stdout + "\n" + result.stderr).splitlines()
         useful = [line for line in lines if line.strip() and not _PROGRESS_BAR.search(line)]
         tail = "\n  ".join(useful[-_TAIL_LINES:]) or "no output"
         raise UserError(f"{what} failed (exit code {result.returncode}):\n  {tail}",
                         fix="check that the folder holds a complete model; the lines above come from llama.cpp")
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to kill it when this process dies, even by SIGKILL, so an
-    interrupted export leaves no converter running on its own (elsewhere the child runs as usual)."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def clean_stale(run_dir: Path, out_dir: Path) -> list[Path]:

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.children import die_with_parent
 from trainer.errors import UserError
 
 PARALLEL = 4
@@ -146,7 +147,7 @@ class RunningServer:
         cmd = server_command(server_bin, self.settings, self.upstream_port, self.key_file)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            env=_server_env())
+                                            env=_server_env(), preexec_fn=die_with_parent)
 
     def wait(self) -> int:
         """Block until the server exits by itself; return its exit code."""

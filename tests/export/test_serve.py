@@ -262,6 +262,15 @@ def test_sigterm_stops_it_too(exported_run):
     assert gone(server_pid)
 
 
+def test_llama_server_does_not_outlive_a_killed_serve(exported_run):
+    cli = Cli.start(str(exported_run), "--port", str(free_port()))
+    cli.banner(timeout=300)
+    (server_pid,) = cli.server_pids()
+    cli.proc.kill()  # SIGKILL: serve cannot stop its server itself
+    cli.proc.wait(timeout=60)
+    assert gone(server_pid)
+
+
 def test_the_network_without_a_key_is_refused_before_anything_starts(exported_run):
     done = subprocess.run([sys.executable, "-m", "export", "serve", str(exported_run), "--host", "0.0.0.0"],
                           cwd=ROOT, env={k: v for k, v in ENV.items() if k != "API_KEY"}, capture_output=True,
