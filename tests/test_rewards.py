@@ -141,3 +141,40 @@ def test_continued_recipe_keeps_the_sft_model_and_takes_this_commands_grpo_secti
     with pytest.raises(UserError, match="GRPO continues a LoRA adapter") as caught:
         continued_recipe(news(["train.method=full", "model.quantization=none"]), requested)
     assert caught.value.where == "train.method"
+
+
+def _answer_log(steps: list[tuple[list[str], list[str]]]):
+    """An AnswerLog fed as TRL feeds it: one call of the watched reward function a step."""
+    from trainer.training.grpo import AnswerLog
+
+    log = AnswerLog()
+    scored = log.watching(lambda completions, **_: [0.0] * len(completions))
+    for answers, references in steps:
+        completions = [[{"role": "assistant", "content": f"r\n</think>\n\n{a}"}] for a in answers]
+        assert scored(completions=completions, reference=references) == [0.0] * len(answers)
+    return log
+
+
+CLASSES = ["经济", "体育", "科技", "教育"]
+
+
+def test_answers_all_one_class_while_references_vary_is_a_collapse():
+    early = (CLASSES * 2, CLASSES * 2)  # the first steps vary; only the last tenth counts
+    late = (["科技"] * 7 + ["经济"], CLASSES * 2)
+    collapse = _answer_log([early] * 9 + [late]).collapse()
+    assert collapse == {"answer": "科技", "share": 0.875, "reference_share": 0.25}
+
+
+@pytest.mark.parametrize("late", [
+    (CLASSES * 2, CLASSES * 2),  # varied answers
+    (["经济"] * 8, ["经济"] * 7 + ["体育"]),  # one answer, and the references are mostly that answer too
+    ([""] * 8, CLASSES * 2),  # no answer at all is a format problem, which the format reward shows
+])
+def test_varied_answers_or_answers_that_follow_the_references_are_no_collapse(late):
+    assert _answer_log([(CLASSES * 2, CLASSES * 2)] * 9 + [late]).collapse() is None
+
+
+def test_the_watched_reward_function_keeps_its_name_for_trls_log():
+    spec = resolve(news(), ["经济"])
+    functions, _ = trl_reward_functions(spec)
+    assert _answer_log([]).watching(functions[0]).__name__ == "format"

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 from trainer.config import Recipe
@@ -21,8 +22,9 @@ from trainer.data.formats import Message
 from trainer.generate import history_of
 from trainer.hardware import Hardware
 from trainer.model import Loaded, load_for_training, load_tokenizer, start_engine, trainable_summary
+from trainer.r1 import split_reasoning
 from trainer.recipe import load_resolved, save_resolved
-from trainer.training.rewards import RewardSpec, describe, resolve, trl_reward_functions
+from trainer.training.rewards import RewardSpec, completion_text, describe, resolve, trl_reward_functions
 from trainer.runs import ADAPTER, RunLog, is_complete, mark_complete, new_run_dir, require_complete, write_json
 from trainer.data.template import assistant_text
 
@@ -144,6 +146,8 @@ def train_grpo(recipe: Recipe, loaded: Loaded, prompts: list[dict], spec: Reward
     from trainer.training.sft import remove_if_empty
 
     functions, weights = trl_reward_functions(spec)
+    answers = AnswerLog()
+    functions[0] = answers.watching(functions[0])
     trainer = GRPOTrainer(model=loaded.model, reward_funcs=functions, processing_class=loaded.tokenizer,
                           args=grpo_config(recipe, hardware, loaded.backend, run_dir, weights),
                           train_dataset=Dataset.from_list(prompts), callbacks=callbacks)
@@ -161,12 +165,60 @@ def train_grpo(recipe: Recipe, loaded: Loaded, prompts: list[dict], spec: Reward
     save_adapter(trainer.model, loaded.tokenizer, run_dir)
     remove_if_empty(run_dir / "checkpoints")  # TRL's output folder; GRPO saves no checkpoints in it
     metrics = summarize(trainer.state.log_history, list(spec.weights), elapsed, recipe)
+    metrics["collapsed_answer"] = answers.collapse()
+    if metrics["collapsed_answer"]:
+        log.say(collapse_warning(metrics["collapsed_answer"]))
     metrics.update(backend=loaded.backend, device=hardware.name, rewards=dataclasses.asdict(spec))
     if hardware.cuda:
         import torch
 
         metrics["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return metrics
+
+
+class AnswerLog:
+    """The answers (the text after `</think>`) of each step's completions. The reward can rise by the format alone
+    while the answers stop depending on the question: a policy that collapsed onto one answer."""
+
+    COLLAPSED_SHARE = 0.8
+    """At least this share of the last tenth's completions give one answer..."""
+    MARGIN = 0.3
+    """...and that share is this much above the most common reference's share (a label most rows have is fine)."""
+
+    def __init__(self):
+        self.steps: list[tuple[list[str], list[str]]] = []
+
+    def watching(self, reward_function):
+        """The reward function, recording each call's answers and references (TRL calls it once a step)."""
+        def watched(completions, **kwargs):
+            texts = [completion_text(c) for c in completions]
+            self.steps.append(([split_reasoning(t).answer.strip() for t in texts], list(kwargs.get("reference", []))))
+            return reward_function(completions, **kwargs)
+
+        watched.__name__ = reward_function.__name__  # TRL logs the reward under this name
+        return watched
+
+    def collapse(self) -> dict | None:
+        """{"answer", "share", "reference_share"} when the last tenth of the steps collapsed onto one answer."""
+        last = self.steps[-max(1, len(self.steps) // 10):]
+        answers = [a for step_answers, _ in last for a in step_answers]
+        references = [r for _, step_references in last for r in step_references]
+        given = Counter(a for a in answers if a)
+        if not given or not references:
+            return None
+        answer, count = given.most_common(1)[0]
+        share = count / len(answers)
+        reference_share = Counter(references).most_common(1)[0][1] / len(references)
+        if share >= self.COLLAPSED_SHARE and share >= reference_share + self.MARGIN:
+            return {"answer": answer, "share": round(share, 3), "reference_share": round(reference_share, 3)}
+        return None
+
+
+def collapse_warning(collapse: dict) -> str:
+    return (f"warning: in the last tenth of the steps, {collapse['share']:.0%} of the completions answered "
+            f"'{collapse['answer']}' (the most common reference answer is {collapse['reference_share']:.0%} of the "
+            f"rows): the policy has collapsed onto one answer, and the reward rose by the format. Check with "
+            f"`make eval`; train SFT longer before GRPO, or lower grpo.rewards.format")
 
 
 def out_of_memory(recipe: Recipe) -> UserError:

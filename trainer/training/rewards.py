@@ -97,10 +97,10 @@ def trl_reward_functions(spec: RewardSpec) -> tuple[list[Callable], list[float]]
     """Reward callables in TRL's signature (named, so TRL logs `rewards/<name>/mean`) and their weights."""
 
     def format(completions, **_):  # noqa: A001 - the name TRL logs
-        return [format_reward(_text(c), spec.max_answer_chars) for c in completions]
+        return [format_reward(completion_text(c), spec.max_answer_chars) for c in completions]
 
     def correctness(completions, reference, **_):
-        return [correctness_reward(_text(c), ref, spec.match, spec.rouge_threshold)
+        return [correctness_reward(completion_text(c), ref, spec.match, spec.rouge_threshold)
                 for c, ref in zip(completions, reference, strict=True)]
 
     chosen = {"format": format, "correctness": correctness}
@@ -113,7 +113,7 @@ def describe(spec: RewardSpec) -> str:
     return f"rewards: {', '.join(parts)} (correctness by {how}; answers up to {spec.max_answer_chars} characters)"
 
 
-def _text(completion) -> str:
+def completion_text(completion) -> str:
     """TRL passes a conversational completion as [{"role": "assistant", "content": ...}], a plain one as text."""
     if isinstance(completion, list):
         return "".join(str(m.get("content", "")) for m in completion)
