@@ -180,7 +180,7 @@ class AnswerLog:
     """The answers (the text after `</think>`) of each step's completions. The reward can rise by the format alone
     while the answers stop depending on the question: a policy that collapsed onto one answer."""
 
-    COLLAPSED_SHARE = 0.8
+    COLLAPSED_SHARE = 0.6
     """At least this share of the last tenth's completions give one answer..."""
     MARGIN = 0.3
     """...and that share is this much above the most common reference's share (a label most rows have is fine)."""
