@@ -4,10 +4,10 @@ held-out answers of both runs scored the same way.
     python3 bench/grpo_cpu.py --sft-steps 40 --work /tmp/grpo-bench [--seed N] [grpo.key=value ...]
 
 The SFT run is kept in --work per step count and seed, so several GRPO settings can start from the same one.
-Prints, as its last line, one JSON object: TRL's reward curve summary, and for the SFT and the GRPO adapter the held-out greedy
-accuracy, the share of sampled completions that are well formed and that are correct (8 per prompt, at the GRPO
-run's temperature, seed 0), and how many held-out prompts get the most common greedy answer (a policy that
-collapsed onto one answer gets all of them).
+Prints, as its last line, one JSON object: TRL's reward curve summary, and for the SFT and the GRPO adapter the
+held-out greedy accuracy, the share of sampled completions that are well formed and that are correct (8 per
+prompt, at the GRPO run's temperature, seed 0), and how many held-out prompts get the most common greedy answer
+(a policy that collapsed onto one answer gets all of them).
 """
 from __future__ import annotations
 
